@@ -1,0 +1,17 @@
+"""Retrieval evaluation: MS MARCO MRR, trec_eval metrics and DPR-style QA answer accuracy."""
+
+from simlm.evaluation.answers import SimpleTokenizer, has_answer, normalize_text, parse_answers
+from simlm.evaluation.metrics import Qrels, Run, answer_accuracy, evaluate_run, mrr_at_k, trec_metrics
+
+__all__ = [
+    "Qrels",
+    "Run",
+    "SimpleTokenizer",
+    "answer_accuracy",
+    "evaluate_run",
+    "has_answer",
+    "mrr_at_k",
+    "normalize_text",
+    "parse_answers",
+    "trec_metrics",
+]

@@ -1,0 +1,161 @@
+"""Retrieval metrics: MS MARCO MRR@k, trec_eval measures (via pytrec_eval) and DPR top-k answer accuracy.
+
+Conventions shared by every function here:
+
+* A run lists each query's documents best first; that order is authoritative (ties in score were already
+  broken upstream), no function re-sorts by score.
+* Averages are taken over all judged queries (the keys of the qrels, or of the answers for QA). A judged
+  query absent from the run, or with an empty ranking, scores 0 on every metric. Run queries without
+  judgements are ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+
+import pytrec_eval
+
+from simlm.evaluation.answers import has_answer
+
+__all__ = ["Qrels", "Run", "answer_accuracy", "evaluate_run", "mrr_at_k", "trec_metrics"]
+
+Qrels = dict[str, dict[str, int]]
+"""qid -> {doc_id: relevance grade}."""
+
+Run = dict[str, list[tuple[str, float]]]
+"""qid -> [(doc_id, score), ...] ranked best first."""
+
+
+def _msmarco_threshold(qrels: Qrels) -> int:
+    max_grade = max((grade for judged in qrels.values() for grade in judged.values()), default=0)
+    return 2 if max_grade >= 3 else 1
+
+
+def mrr_at_k(run: Run, qrels: Qrels, k: int = 10) -> float:
+    """Mean reciprocal rank of the first relevant document within each query's top ``k``, as a fraction.
+
+    Follows the MS MARCO / SimLM definition: a document is relevant when its grade is >= 2 if the largest
+    grade in ``qrels`` is >= 3 (TREC DL graded 0..3), else >= 1. The run's list order is used as the
+    ranking. The mean is over all queries in ``qrels``; a query missing from the run contributes 0.
+    """
+    if not qrels:
+        return 0.0
+    threshold = _msmarco_threshold(qrels)
+    total = 0.0
+    for qid, judged in qrels.items():
+        for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:k], start=1):
+            if judged.get(doc_id, 0) >= threshold:
+                total += 1.0 / rank
+                break
+    return total / len(qrels)
+
+
+def _rank_scores(ranking: list[tuple[str, float]], cache: dict[int, list[float]]) -> dict[str, float]:
+    """Map doc ids to strictly decreasing rank-derived scores; a repeated doc keeps its best rank.
+
+    ``cache`` holds the score lists ``[n, n - 1, ..., 1]`` by length, shared across queries (a run usually
+    has one or few list lengths), which makes building the dicts several times faster than per-doc floats.
+    """
+    n = len(ranking)
+    scores = cache.get(n)
+    if scores is None:
+        scores = cache[n] = [float(n - rank) for rank in range(n)]
+    by_doc = dict(zip(map(itemgetter(0), ranking), scores))
+    if len(by_doc) != n:  # duplicates: zip kept the last (worst) occurrence, keep the first instead
+        by_doc = {}
+        for (doc_id, _score), score in zip(ranking, scores):
+            by_doc.setdefault(doc_id, score)
+    return by_doc
+
+
+def trec_metrics(
+    run: Run,
+    qrels: Qrels,
+    ndcg_ks: Sequence[int] = (10,),
+    recall_ks: Sequence[int] = (50, 100, 1000),
+    map_: bool = True,
+) -> dict[str, float]:
+    """nDCG@k, recall@k and MAP computed by trec_eval (pytrec_eval, relevance level 1).
+
+    trec_eval re-sorts each ranking by score (breaking ties by doc id), so the run's scores are replaced by
+    rank-derived ones (``len(ranking) - rank``) to make it honour the run's order. nDCG uses the grade as
+    gain. Each metric is averaged over all queries in ``qrels``: a judged query absent from the run (or
+    with an empty ranking) counts as 0 for every metric, and run queries absent from ``qrels`` are ignored.
+
+    Returns:
+        ``{"ndcg@10": ..., "recall@50": ..., "recall@100": ..., "recall@1000": ..., "map": ...}`` for the
+        default arguments (fractions in [0, 1]).
+    """
+    names: dict[str, str] = {}  # pytrec_eval key -> our key
+    measures: set[str] = set()
+    if ndcg_ks:
+        measures.add("ndcg_cut." + ",".join(str(k) for k in ndcg_ks))
+        names.update({f"ndcg_cut_{k}": f"ndcg@{k}" for k in ndcg_ks})
+    if recall_ks:
+        measures.add("recall." + ",".join(str(k) for k in recall_ks))
+        names.update({f"recall_{k}": f"recall@{k}" for k in recall_ks})
+    if map_:
+        measures.add("map")
+        names["map"] = "map"
+    totals = dict.fromkeys(names.values(), 0.0)
+    if not names or not qrels:
+        return totals
+
+    judged_qrels = {qid: judged for qid, judged in qrels.items() if judged}
+    score_cache: dict[int, list[float]] = {}
+    trec_run = {qid: _rank_scores(run[qid], score_cache) for qid in judged_qrels if run.get(qid)}
+    if trec_run:
+        evaluator = pytrec_eval.RelevanceEvaluator(judged_qrels, measures)
+        for per_query in evaluator.evaluate(trec_run).values():
+            for trec_name, key in names.items():
+                totals[key] += per_query[trec_name]
+    return {key: value / len(qrels) for key, value in totals.items()}
+
+
+def evaluate_run(
+    run: Run,
+    qrels: Qrels,
+    mrr_k: int = 10,
+    ndcg_ks: Sequence[int] = (10,),
+    recall_ks: Sequence[int] = (50, 100, 1000),
+    map_: bool = True,
+) -> dict[str, float]:
+    """All ranking metrics for ``run``: ``mrr@{mrr_k}`` (see :func:`mrr_at_k`), the :func:`trec_metrics`
+    keys, and ``num_queries`` (the number of judged queries every metric is averaged over)."""
+    metrics: dict[str, float] = {f"mrr@{mrr_k}": mrr_at_k(run, qrels, k=mrr_k)}
+    metrics.update(trec_metrics(run, qrels, ndcg_ks=ndcg_ks, recall_ks=recall_ks, map_=map_))
+    metrics["num_queries"] = len(qrels)
+    return metrics
+
+
+def answer_accuracy(
+    run: Run,
+    answers: dict[str, list[str]],
+    passage_text: Callable[[str], str],
+    ks: Sequence[int] = (1, 5, 20, 100),
+    regex: bool = False,
+) -> dict[str, float]:
+    """DPR-style top-k retrieval accuracy for open-domain QA.
+
+    ``acc@k`` is the fraction of questions (all qids in ``answers``) for which some passage among the run's
+    top ``k`` contains an answer according to :func:`~simlm.evaluation.answers.has_answer`. Each passage is
+    fetched with ``passage_text(doc_id)`` and checked at most once per question, stopping at the first hit
+    (and at rank ``max(ks)``). Questions missing from the run count as misses.
+    """
+    ks = list(ks)
+    hits = dict.fromkeys(ks, 0)
+    if not answers or not ks:
+        return {f"acc@{k}": 0.0 for k in ks}
+    depth = max(ks)
+    for qid, gold in answers.items():
+        first_hit: int | None = None  # 0-based rank of the first answer-bearing passage
+        for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:depth]):
+            if has_answer(passage_text(doc_id), gold, regex=regex):
+                first_hit = rank
+                break
+        if first_hit is not None:
+            for k in hits:
+                if first_hit < k:
+                    hits[k] += 1
+    return {f"acc@{k}": hits[k] / len(answers) for k in ks}

@@ -1,0 +1,1 @@
+"""Retrieval tools: BM25, dense encoding and search, hard-negative mining."""

@@ -1,0 +1,108 @@
+"""Training examples with hard negatives from a run, the way SimLM built its data (spec 7.4)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from simlm.data.corpus import Corpus
+from simlm.data.formats import Qrels, Run, ScoredDocs, TrainingExample
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """How negatives are drawn from a run.
+
+    depth: how many top candidates of the run are considered (SimLM: 200).
+    num_negatives: total negatives per example after the random fill (SimLM: 210).
+    min_random: random corpus passages added at least (SimLM: 10), more if the run has too few candidates.
+    skip_top: ignore the top-r ranks (false-negative control for strong retrievers).
+    margin: drop candidates scoring above (best positive's score - margin); None disables it.
+    min_positive_grade: qrels grade that counts as a positive.
+    """
+
+    depth: int = 200
+    num_negatives: int = 210
+    min_random: int = 10
+    skip_top: int = 0
+    margin: float | None = None
+    min_positive_grade: int = 1
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.depth < 0 or self.num_negatives < 0 or self.min_random < 0 or self.skip_top < 0:
+            raise ValueError("depth, num_negatives, min_random and skip_top must be >= 0")
+
+
+def _query_rng(seed: int, qid: str) -> np.random.Generator:
+    # per-query generator: the result for a query does not depend on which other queries are mined
+    digest = int.from_bytes(hashlib.sha256(qid.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([seed, digest])
+
+
+def mine_example(
+    qid: str, query: str, ranking: list[tuple[str, float]], judged: dict[str, int], corpus: Corpus, cfg: MiningConfig
+) -> TrainingExample | None:
+    """One training example for `qid`, or None when it has no positive or no candidate."""
+    positives = [d for d, g in judged.items() if g >= cfg.min_positive_grade]
+    if not positives or not ranking:
+        return None
+    run_scores = dict(ranking)
+    pos_scores = [round(run_scores.get(d, -1.0), 5) for d in positives]
+    candidates = ranking[cfg.skip_top : cfg.depth]
+    excluded = set(positives)
+    negatives = [(d, s) for d, s in candidates if d not in excluded]
+    if cfg.margin is not None:
+        retrieved = [run_scores[d] for d in positives if d in run_scores]
+        if retrieved:
+            ceiling = max(retrieved) - cfg.margin
+            negatives = [(d, s) for d, s in negatives if s < ceiling]
+    rng = _query_rng(cfg.seed, qid)
+    order = rng.permutation(len(negatives))
+    n_hard = max(0, cfg.num_negatives - cfg.min_random)
+    negatives = [negatives[i] for i in order[:n_hard]]
+    in_run = {d for d, _ in ranking[: cfg.depth]} | excluded
+    n_random = max(cfg.num_negatives - len(negatives), 0)
+    available = len(corpus) - len(in_run)
+    for doc_id in _random_passages(rng, corpus, in_run, min(n_random, max(available, 0))):
+        negatives.append((doc_id, -1.0))
+    order = rng.permutation(len(negatives))
+    negatives = [(d, round(s, 5)) for d, s in (negatives[i] for i in order)]
+    return TrainingExample(
+        query_id=qid,
+        query=query,
+        positives=ScoredDocs(positives, pos_scores),
+        negatives=ScoredDocs([d for d, _ in negatives], [s for _, s in negatives]),
+    )
+
+
+def _random_passages(rng: np.random.Generator, corpus: Corpus, excluded: set[str], n: int) -> Iterator[str]:
+    chosen: set[str] = set()
+    while len(chosen) < n:
+        doc_id = corpus.doc_id(int(rng.integers(len(corpus))))
+        if doc_id in excluded or doc_id in chosen:
+            continue
+        chosen.add(doc_id)
+        yield doc_id
+
+
+def mine_examples(
+    run: Run, qrels: Qrels, queries: dict[str, str], corpus: Corpus, cfg: MiningConfig
+) -> tuple[list[TrainingExample], dict[str, int]]:
+    """Examples for every judged query (in qrels order) and counts of what was skipped and why."""
+    examples: list[TrainingExample] = []
+    stats = {"queries": len(qrels), "examples": 0, "skipped_no_positive": 0, "skipped_no_candidates": 0}
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            continue
+        ex = mine_example(qid, queries[qid], run.get(qid, []), judged, corpus, cfg)
+        if ex is None:
+            has_pos = any(g >= cfg.min_positive_grade for g in judged.values())
+            stats["skipped_no_positive" if not has_pos else "skipped_no_candidates"] += 1
+            continue
+        examples.append(ex)
+    stats["examples"] = len(examples)
+    return examples, stats

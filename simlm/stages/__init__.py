@@ -1,0 +1,74 @@
+"""Stages: one `run(cfg) -> {split: {metric: value}}` per stage, dispatched by `run.py`."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+
+from simlm.data.io import write_json
+
+log = logging.getLogger(__name__)
+
+Metrics = dict[str, dict[str, float]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and (if already imported or installed) torch."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_stage(cfg: DictConfig) -> float | None:
+    """Run `cfg.stage`, write `metrics.json` into the run dir and return `cfg.optimized_metric` if set."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(cfg.seed))
+    entry = get_method(cfg.stage.entry)
+    started = time.perf_counter()
+    metrics: Metrics = entry(cfg) or {}
+    log.info("stage %s finished in %.1f s; outputs in %s", cfg.stage.name, time.perf_counter() - started, out_dir)
+    write_json(out_dir / "metrics.json", metrics)
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+def optimized_value(metrics: Metrics, name: str | None) -> float | None:
+    """Look up `split/metric` (e.g. `test/ndcg@10`) or a metric of the only split, for sweepers."""
+    if not name:
+        return None
+    split, _, metric = name.rpartition("/")
+    candidates = [metrics[split]] if split in metrics else list(metrics.values())
+    for block in candidates:
+        if metric in block:
+            return float(block[metric])
+    raise KeyError(f"optimized_metric {name!r} not in the stage's metrics {sorted(metrics)}")
+
+
+def format_metrics(metrics: Metrics, title: str = "") -> str:
+    """A small fixed-width table of `{split: {metric: value}}`."""
+    names: list[str] = []
+    for block in metrics.values():
+        names += [m for m in block if m not in names]
+    lines = [title] if title else []
+    lines.append("split".ljust(10) + "".join(n.rjust(13) for n in names))
+    for split, block in metrics.items():
+        cells = "".join((f"{block[n]:.4f}" if isinstance(block.get(n), float) else str(block.get(n, "-"))).rjust(13) for n in names)
+        lines.append(split.ljust(10) + cells)
+    return "\n".join(lines)
+
+
+def to_container(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

@@ -1,0 +1,51 @@
+"""`stage=bm25`: BM25 runs and metrics for the eval split, BM25 hard negatives for the train split."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from simlm.data.dataset import RetrievalData
+from simlm.data.formats import write_examples
+from simlm.data.io import write_json
+from simlm.retrieval.bm25 import BM25Retriever
+from simlm.retrieval.mining import MiningConfig, mine_examples
+from simlm.stages import Metrics, format_metrics
+from simlm.stages.common import evaluate_split, write_run_files
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Metrics:
+    """Index the corpus, retrieve top-k for `data.eval_split`, and mine `train.jsonl` for `data.train_split`."""
+    stage = cfg.stage
+    out_dir = Path(cfg.paths.output_dir)
+    data = RetrievalData.from_config(cfg.data)
+    retriever = BM25Retriever(**stage.bm25).index(data.corpus)
+
+    metrics: Metrics = {}
+    for split in _splits(cfg.data.eval_split):
+        run_ = retriever.search(data.queries(split), top_k=stage.top_k)
+        write_run_files(out_dir, split, run_, tag="bm25")
+        scores = evaluate_split(data, split, run_)
+        if scores is not None:
+            metrics[split] = scores
+
+    train_split = cfg.data.get("train_split")
+    if stage.negatives.enabled and train_split and data.has_qrels(train_split):
+        mining = MiningConfig(**stage.negatives.mining, seed=int(cfg.seed))
+        queries = data.queries(train_split)
+        train_run = retriever.search(queries, top_k=mining.depth)
+        write_run_files(out_dir, train_split, train_run, tag="bm25")
+        examples, stats = mine_examples(train_run, data.qrels(train_split), queries, data.corpus, mining)
+        write_examples(out_dir / f"{train_split}.jsonl", examples)
+        write_json(out_dir / f"{train_split}_mining_stats.json", stats)
+        log.info("BM25 negatives: %s", stats)
+    print(format_metrics(metrics, title=f"BM25 on {cfg.data.name}"))
+    return metrics
+
+
+def _splits(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
