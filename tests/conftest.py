@@ -59,4 +59,6 @@ def compose(tmp_path, cache_dir):
 
 
 def requires_scifact():
-    return pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason=f"SciFact not found at {SCIFACT}")
+    return pytest.mark.skipif(
+        not (SCIFACT / "corpus.jsonl").exists(), reason=f"SciFact not found at {SCIFACT}"
+    )

@@ -78,7 +78,10 @@ def test_corpus_switches_to_an_id_map_for_non_row_ids():
 
 
 def test_duplicate_passage_id_names_file_line_field(tmp_path):
-    path = write(tmp_path / "corpus.jsonl", jsonl({"_id": "a", "text": "x"}, {"_id": "b", "text": "y"}, {"_id": "a", "text": "z"}))
+    path = write(
+        tmp_path / "corpus.jsonl",
+        jsonl({"_id": "a", "text": "x"}, {"_id": "b", "text": "y"}, {"_id": "a", "text": "z"}),
+    )
     with pytest.raises(DataFormatError) as e:
         read_beir_corpus(path)
     assert_names(e.value, path, 3, "id")
@@ -86,7 +89,10 @@ def test_duplicate_passage_id_names_file_line_field(tmp_path):
 
 
 def test_duplicate_simlm_pid_detected_after_row_ids(tmp_path):
-    path = write(tmp_path / "passages.jsonl", jsonl({"id": "0", "contents": "a"}, {"id": "1", "contents": "b"}, {"id": "0", "contents": "c"}))
+    path = write(
+        tmp_path / "passages.jsonl",
+        jsonl({"id": "0", "contents": "a"}, {"id": "1", "contents": "b"}, {"id": "0", "contents": "c"}),
+    )
     with pytest.raises(DataFormatError) as e:
         read_simlm_passages(path)
     assert_names(e.value, path, 3, "id")
@@ -131,7 +137,9 @@ def test_queries_tsv_and_duplicates(tmp_path):
 
 
 def test_qa_queries_parse_answers_safely(tmp_path):
-    path = write(tmp_path / "nq_dev_queries.tsv", 'who wrote x\t["A. Author", "B"]\nwhere is y\t[\'Paris\']\n')
+    path = write(
+        tmp_path / "nq_dev_queries.tsv", 'who wrote x\t["A. Author", "B"]\nwhere is y\t[\'Paris\']\n'
+    )
     queries, answers = read_qa_queries_tsv(path)
     assert queries["who wrote x"] == "who wrote x"
     assert answers == {"who wrote x": ["A. Author", "B"], "where is y": ["Paris"]}
@@ -179,7 +187,9 @@ SIMLM_EXAMPLE = {
 
 
 def test_simlm_examples_load_unchanged_and_round_trip(tmp_path):
-    src = write(tmp_path / "train.jsonl", jsonl(SIMLM_EXAMPLE, {**SIMLM_EXAMPLE, "query_id": "2", "answers": ["a"]}))
+    src = write(
+        tmp_path / "train.jsonl", jsonl(SIMLM_EXAMPLE, {**SIMLM_EXAMPLE, "query_id": "2", "answers": ["a"]})
+    )
     examples = read_examples(src, doc_ids={"0", "1", "2", "3"})
     assert examples[0].positives.doc_ids == ["0"] and examples[0].negatives.scores == [25.6, 24.1, -1.0]
     assert examples[1].answers == ["a"]
@@ -192,7 +202,10 @@ def test_simlm_examples_load_unchanged_and_round_trip(tmp_path):
 
 
 def test_examples_accept_integer_doc_ids_and_missing_negatives(tmp_path):
-    src = write(tmp_path / "dev.jsonl", jsonl({"query_id": 5, "query": "q", "positives": {"doc_id": [3], "score": [1]}}))
+    src = write(
+        tmp_path / "dev.jsonl",
+        jsonl({"query_id": 5, "query": "q", "positives": {"doc_id": [3], "score": [1]}}),
+    )
     (ex,) = read_examples(src)
     assert ex.query_id == "5" and ex.positives.doc_ids == ["3"] and ex.negatives.doc_ids == []
 
@@ -295,7 +308,10 @@ def test_simlm_layout_loads_and_evaluates_the_simlm_way(tmp_path):
     assert data.queries("dev")["200"] == "second query"
     qrels = data.qrels("dev", check_docs=True)
     assert read_examples(data.examples_path("train"), doc_ids=data.corpus)[0].query_id == "100"
-    run_path = write(tmp_path / "dev.msmarco.txt", "100\t1\t1\t9\n100\t2\t2\t8\n200\t0\t1\t5\n200\t4\t2\t4\n300\t5\t11\t1\n")
+    run_path = write(
+        tmp_path / "dev.msmarco.txt",
+        "100\t1\t1\t9\n100\t2\t2\t8\n200\t0\t1\t5\n200\t4\t2\t4\n300\t5\t11\t1\n",
+    )
     run = read_run(run_path)
     # grade-1 doc at rank 1 does not count (threshold 2): q100 RR 1/2, q200 RR 1/2, q300 at rank 11 -> 0
     assert mrr_at_k(run, qrels) == pytest.approx((0.5 + 0.5 + 0.0) / 3)

@@ -24,7 +24,9 @@ def fixture_text() -> list[str]:
     texts = [inspect.getdoc(getattr(builtins, name)) or "" for name in sorted(dir(builtins))]
     for module in (collections, json, os, pathlib, re):
         texts.append(inspect.getdoc(module) or "")
-        texts += [inspect.getdoc(getattr(module, n)) or "" for n in sorted(dir(module)) if not n.startswith("_")]
+        texts += [
+            inspect.getdoc(getattr(module, n)) or "" for n in sorted(dir(module)) if not n.startswith("_")
+        ]
     return [t for t in texts if t]
 
 

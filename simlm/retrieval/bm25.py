@@ -47,7 +47,9 @@ class BM25Retriever:
     def index(self, corpus: Corpus) -> BM25Retriever:
         """Tokenize and index every passage as `title + " " + text`."""
         texts = [f"{t} {x}" if t else x for t, x in zip(corpus.titles(), corpus.texts())]
-        tokens = self._tokenizer.tokenize(texts, update_vocab=True, return_as="ids", show_progress=self._show_progress)
+        tokens = self._tokenizer.tokenize(
+            texts, update_vocab=True, return_as="ids", show_progress=self._show_progress
+        )
         self._model.index(tokens, show_progress=self._show_progress)
         self._corpus = corpus
         log.info("BM25 index: %d passages, %d terms", len(corpus), len(self._tokenizer.get_vocab_dict()))
@@ -71,5 +73,7 @@ class BM25Retriever:
         run: Run = {}
         for i, qid in enumerate(qids):
             keep = scores[i] > 0  # a passage sharing no term with the query is not a retrieval result
-            run[qid] = rank_scores(zip(doc_ids[rows[i][keep]].tolist(), scores[i][keep].astype(float).tolist()))
+            run[qid] = rank_scores(
+                zip(doc_ids[rows[i][keep]].tolist(), scores[i][keep].astype(float).tolist())
+            )
         return run

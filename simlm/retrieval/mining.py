@@ -44,7 +44,12 @@ def _query_rng(seed: int, qid: str) -> np.random.Generator:
 
 
 def mine_example(
-    qid: str, query: str, ranking: list[tuple[str, float]], judged: dict[str, int], corpus: Corpus, cfg: MiningConfig
+    qid: str,
+    query: str,
+    ranking: list[tuple[str, float]],
+    judged: dict[str, int],
+    corpus: Corpus,
+    cfg: MiningConfig,
 ) -> TrainingExample | None:
     """One training example for `qid`, or None when it has no positive or no candidate."""
     positives = [d for d, g in judged.items() if g >= cfg.min_positive_grade]

@@ -40,7 +40,9 @@ def run_stage(cfg: DictConfig) -> float | None:
     entry = get_method(cfg.stage.entry)
     started = time.perf_counter()
     metrics: Metrics = entry(cfg) or {}
-    log.info("stage %s finished in %.1f s; outputs in %s", cfg.stage.name, time.perf_counter() - started, out_dir)
+    log.info(
+        "stage %s finished in %.1f s; outputs in %s", cfg.stage.name, time.perf_counter() - started, out_dir
+    )
     write_json(out_dir / "metrics.json", metrics)
     return optimized_value(metrics, cfg.get("optimized_metric"))
 
@@ -65,7 +67,10 @@ def format_metrics(metrics: Metrics, title: str = "") -> str:
     lines = [title] if title else []
     lines.append("split".ljust(10) + "".join(n.rjust(13) for n in names))
     for split, block in metrics.items():
-        cells = "".join((f"{block[n]:.4f}" if isinstance(block.get(n), float) else str(block.get(n, "-"))).rjust(13) for n in names)
+        cells = "".join(
+            (f"{block[n]:.4f}" if isinstance(block.get(n), float) else str(block.get(n, "-"))).rjust(13)
+            for n in names
+        )
         lines.append(split.ljust(10) + cells)
     return "\n".join(lines)
 

@@ -18,7 +18,9 @@ def run(cfg: DictConfig) -> Metrics:
     data = RetrievalData.from_config(cfg.data)
     scores = evaluate_split(data, split, read_run(cfg.stage.run_file))
     if scores is None:
-        raise FileNotFoundError(f"split '{split}' of {data.root} has no qrels (or answers) to evaluate against")
+        raise FileNotFoundError(
+            f"split '{split}' of {data.root} has no qrels (or answers) to evaluate against"
+        )
     metrics = {split: scores}
     print(format_metrics(metrics, title=f"{cfg.stage.run_file} on {cfg.data.name}/{split}"))
     return metrics
