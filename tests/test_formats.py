@@ -329,3 +329,21 @@ def test_missing_split_and_empty_split(tmp_path):
     write(root / "empty_qrels.txt", "")
     with pytest.raises(EmptySplitError):
         data.qrels("empty")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2\td9\t2\t0.5\n1\td1\t2\t1.0\n1\td3\t1\t2.5\n2\td8\t1\t0.7\n",  # unsorted lines, qids in first-seen order
+        "1 Q0 d1 2 1.0 run\n1 Q0 d3 1 2.5 run\n",
+        "1\td1\t2\n1\td3\t1\n",
+    ],
+)
+@pytest.mark.parametrize("name", ["run.txt", "run.txt.gz"])
+def test_fast_run_reader_agrees_with_line_reader(tmp_path, text, name):
+    from simlm.data.formats import _read_run_arrow, _read_run_lines
+
+    path = write(tmp_path / name, text)
+    fast = _read_run_arrow(path)
+    assert fast is not None and fast == _read_run_lines(path)
+    assert list(fast) == list(_read_run_lines(path))

@@ -1,0 +1,1 @@
+"""Side-by-side measurements against reference implementations measured in the same run."""
