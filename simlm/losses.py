@@ -46,7 +46,9 @@ _NEG_INF = float("-inf")
 # ------------------------------------------------------------------------------------------ contrastive
 
 
-def contrastive_targets(num_rows: int, n: int, row_offset: int = 0, device: torch.device | None = None) -> Tensor:
+def contrastive_targets(
+    num_rows: int, n: int, row_offset: int = 0, device: torch.device | None = None
+) -> Tensor:
     """Target columns of rows ``row_offset .. row_offset + num_rows - 1``: column ``i * n`` for row i."""
     return (torch.arange(num_rows, device=device) + row_offset) * n
 
@@ -163,7 +165,9 @@ def contrastive_loss(
 
 
 @torch.no_grad()
-def inbatch_metrics(logits_local_rows: Tensor, targets: Tensor, num_passages: int | None = None) -> dict[str, float]:
+def inbatch_metrics(
+    logits_local_rows: Tensor, targets: Tensor, num_passages: int | None = None
+) -> dict[str, float]:
     """In-batch ``acc@1``, ``acc@3`` and ``mrr`` (fractions in [0, 1]) of the target columns.
 
     ``num_passages`` (= N·n) restricts the columns to the q·p block, as SimLM logs them; None uses all

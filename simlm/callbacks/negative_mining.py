@@ -1,0 +1,98 @@
+"""NegativeMining: after `fit`, encode the corpus, search the training queries and mine hard negatives."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from simlm.data.formats import Qrels, write_examples
+from simlm.data.io import write_json
+from simlm.retrieval.encoding import encode_corpus_to_shards, encode_texts, load_shards
+from simlm.retrieval.index import search, to_run
+from simlm.retrieval.mining import MiningConfig, mine_examples
+
+log = logging.getLogger(__name__)
+
+
+def load_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
+    """Load the best checkpoint's weights into `pl_module` (if a monitored checkpoint exists)."""
+    ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+    if ckpt and Path(ckpt).is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        pl_module.load_state_dict(state)
+        return ckpt
+    return None
+
+
+class NegativeMining(pl.Callback):
+    """Mine `<out_dir>/train.jsonl` with the trained (best) model, so Retriever 2 can start from it.
+
+    encode (sharded, resumable) -> exact search top-`depth` for every training query -> SimLM's
+    negative construction (judged positives removed, shuffled, random fill), plus the optional
+    false-negative controls of `MiningConfig`.
+    """
+
+    def __init__(
+        self,
+        out_dir: str,
+        depth: int = 200,
+        num_negatives: int = 210,
+        min_random: int = 10,
+        skip_top: int = 0,
+        margin: float | None = None,
+        seed: int = 42,
+        batch_size: int = 128,
+        shard_size: int = 50_000,
+        backend: str = "faiss",
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.mining = MiningConfig(
+            depth=depth,
+            num_negatives=num_negatives,
+            min_random=min_random,
+            skip_top=skip_top,
+            margin=margin,
+            seed=seed,
+        )
+        self.batch_size = batch_size
+        self.shard_size = shard_size
+        self.backend = backend
+        self.output_file: Path | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted:
+            return
+        load_best_weights(trainer, pl_module)
+        dm = trainer.datamodule
+        corpus, tokenizer = dm.corpus, dm.tokenizer
+        emb_dir = self.out_dir / "embeddings"
+        encode_corpus_to_shards(
+            pl_module.encoder,
+            tokenizer,
+            corpus,
+            emb_dir,
+            shard_size=self.shard_size,
+            batch_size=self.batch_size,
+            dtype="float32",
+        )
+        if not trainer.is_global_zero:
+            return
+        examples = dm.train_dataset.examples + dm.holdout_examples
+        queries = {ex.query_id: ex.query for ex in examples}
+        qrels: Qrels = dm.train_qrels()
+        qids = list(queries)
+        q_emb = encode_texts(
+            pl_module.encoder, tokenizer, queries=[queries[q] for q in qids], batch_size=self.batch_size
+        )
+        scores, rows = search(
+            q_emb, load_shards(emb_dir), top_k=min(self.mining.depth, len(corpus)), backend=self.backend
+        )
+        run = to_run(qids, scores, rows, corpus)
+        mined, stats = mine_examples(run, qrels, queries, corpus, self.mining)
+        self.output_file = self.out_dir / "train.jsonl"
+        write_examples(self.output_file, mined)
+        write_json(self.out_dir / "mining_stats.json", stats)
+        log.info("mined %d examples into %s (%s)", len(mined), self.output_file, stats)

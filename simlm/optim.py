@@ -1,0 +1,49 @@
+"""AdamW and SimLM's learning-rate schedule: warmup (DeepSpeed's log shape or linear), then linear decay to 0."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_decay_factor(step: int, warmup_steps: int, total_steps: int, warmup_type: str = "log") -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based).
+
+    log (DeepSpeed WarmupDecayLR default, used by SimLM): log(step + 1) / log(warmup), warmup clamped to >= 2;
+    linear: (step + 1) / warmup. After warmup: (total - step) / (total - warmup), floored at 0.
+    """
+    if warmup_type not in ("log", "linear"):
+        raise ValueError(f"warmup_type must be 'log' or 'linear', got {warmup_type!r}")
+    if step < warmup_steps:
+        if warmup_type == "log":
+            return math.log(step + 1) / math.log(max(warmup_steps, 2))
+        return (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return 1.0
+    return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+
+def build_optimizer(
+    module: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    warmup_type: str = "log",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+):
+    """AdamW (no decay on biases and LayerNorm weights) + the warmup/decay schedule, stepped every optimizer step."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+    scheduler = LambdaLR(
+        optimizer, lambda step: warmup_decay_factor(step, warmup_steps, total_steps, warmup_type)
+    )
+    return optimizer, scheduler

@@ -1,0 +1,95 @@
+"""The one training stage: instantiate `stage.module` + `stage.datamodule`, callbacks, loggers, Trainer; fit;
+save the best model as a Hugging Face folder; evaluate it on `data.eval_split`.
+
+rlm, biencoder, kd_biencoder and reranker differ only in their `conf/stage/<name>.yaml`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from simlm.callbacks.negative_mining import load_best_weights
+from simlm.stages import Metrics, format_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every `_target_` entry of a config group, skipping those with `enabled: false`."""
+    out = []
+    for conf in (group or {}).values():
+        if isinstance(conf, DictConfig) and "_target_" in conf and conf.get("enabled", True):
+            kwargs = {k: v for k, v in conf.items() if k != "enabled"}
+            out.append(instantiate(DictConfig(kwargs)))
+    return out
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Trainer:
+    """`cfg.trainer` with the `callbacks` group, the stage's own callbacks and the `logger` group."""
+    callbacks = _instantiate_group(cfg.get("callbacks")) + extra_callbacks
+    loggers = _instantiate_group(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def run(cfg: DictConfig) -> Metrics:
+    """Fit the stage's LightningModule and return `{val: ..., <eval_split>: ...}` metrics."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.stage.datamodule, _convert_="none")
+    module = instantiate(
+        cfg.stage.module, _convert_="all"
+    )  # plain containers: checkpoints load with weights_only
+    stage_callbacks = _instantiate_group(cfg.stage.get("callbacks"))
+    trainer = build_trainer(cfg, stage_callbacks)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.stage.get("ckpt_path"))
+    if trainer.interrupted:
+        raise KeyboardInterrupt(
+            "training was interrupted; rerun with stage.ckpt_path=<.../checkpoints/last.ckpt>"
+        )
+
+    best = load_best_weights(trainer, module)
+    log.info("best checkpoint: %s", best or "(last weights; no monitored checkpoint)")
+    metrics: Metrics = {}
+    if trainer.is_global_zero:
+        module.save_model(out_dir / "model", datamodule.tokenizer)
+        val = {
+            k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+        }
+        if val:
+            metrics["val"] = val
+        final = cfg.stage.get("final_eval")
+        if final and final.enabled:
+            metrics.update(evaluate_model(module, datamodule, cfg, out_dir))
+        print(format_metrics(metrics, title=f"{cfg.stage.name} on {cfg.data.name}"))
+    return metrics
+
+
+def evaluate_model(module: pl.LightningModule, datamodule: Any, cfg: DictConfig, out_dir: Path) -> Metrics:
+    """Retrieve for `data.eval_split` with the trained encoder; write its run files; return its metrics."""
+    from simlm.retrieval.dense import dense_retrieve
+    from simlm.stages.common import evaluate_split, write_run_files
+
+    final = cfg.stage.final_eval
+    data = datamodule.data
+    metrics: Metrics = {}
+    splits = [cfg.data.eval_split] if isinstance(cfg.data.eval_split, str) else list(cfg.data.eval_split)
+    for split in splits:
+        run_ = dense_retrieve(
+            module.encoder,
+            datamodule.tokenizer,
+            data.corpus,
+            data.queries(split),
+            final.top_k,
+            batch_size=final.batch_size,
+        )
+        write_run_files(out_dir, split, run_, tag=cfg.stage.name)
+        scores = evaluate_split(data, split, run_)
+        if scores is not None:
+            metrics[split] = scores
+    return metrics
