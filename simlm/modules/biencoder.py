@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from simlm.distributed import world_size
+from simlm.distributed import rank, world_size
 from simlm.losses import (
     contrastive_loss,
     contrastive_targets,
@@ -77,7 +77,7 @@ class BiEncoderModule(pl.LightningModule):
         )
         factor = world_size() if hp.scaled_loss else 1
         world = world_size()
-        start = self.global_rank * q.shape[0] if world > 1 else 0
+        start = rank() * q.shape[0]
         targets = contrastive_targets(q.shape[0], n, start, q.device)
         metrics = inbatch_metrics(local_logits, targets, num_passages=q.shape[0] * world * n)
         metrics["loss"] = loss.item() / factor

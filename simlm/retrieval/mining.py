@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simlm.data.corpus import Corpus
-from simlm.data.formats import Qrels, Run, ScoredDocs, TrainingExample
+from simlm.data.formats import Qrels, Run, ScoredDocs, TrainingExample, run_score
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def mine_example(
     if not positives or not ranking:
         return None
     run_scores = dict(ranking)
-    pos_scores = [round(run_scores.get(d, -1.0), 5) for d in positives]
+    pos_scores = [run_score(run_scores.get(d, -1.0)) for d in positives]
     candidates = ranking[cfg.skip_top : cfg.depth]
     excluded = set(positives)
     negatives = [(d, s) for d, s in candidates if d not in excluded]
@@ -75,7 +75,7 @@ def mine_example(
     for doc_id in _random_passages(rng, corpus, in_run, min(n_random, max(available, 0))):
         negatives.append((doc_id, -1.0))
     order = rng.permutation(len(negatives))
-    negatives = [(d, round(s, 5)) for d, s in (negatives[i] for i in order)]
+    negatives = [(d, run_score(s)) for d, s in (negatives[i] for i in order)]
     return TrainingExample(
         query_id=qid,
         query=query,
@@ -109,5 +109,42 @@ def mine_examples(
             stats["skipped_no_positive" if not has_pos else "skipped_no_candidates"] += 1
             continue
         examples.append(ex)
+    stats["examples"] = len(examples)
+    return examples, stats
+
+
+def mine_examples_qa(
+    run: Run, answers: dict[str, list[str]], queries: dict[str, str], corpus: Corpus, cfg: MiningConfig
+) -> tuple[list[TrainingExample], dict[str, int]]:
+    """QA data (no qrels, spec 8.2): within the top `depth`, passages whose text contains an answer
+    (DPR matching) are positives and the others negatives (shuffled, at most `num_negatives`).
+    Questions lacking either are dropped."""
+    from simlm.evaluation.answers import has_answer
+
+    examples: list[TrainingExample] = []
+    stats = {"queries": len(answers), "examples": 0, "skipped_no_positive": 0, "skipped_no_candidates": 0}
+    for qid, gold in answers.items():
+        ranking = run.get(qid, [])[cfg.skip_top : cfg.depth]
+        if qid not in queries or not ranking:
+            stats["skipped_no_candidates"] += 1
+            continue
+        rows = [corpus.row(d) for d, _ in ranking]
+        texts = corpus.texts(rows)
+        pos = [(d, run_score(s)) for (d, s), t in zip(ranking, texts) if has_answer(t, gold)]
+        neg = [(d, run_score(s)) for (d, s), t in zip(ranking, texts) if not has_answer(t, gold)]
+        if not pos or not neg:
+            stats["skipped_no_positive" if not pos else "skipped_no_candidates"] += 1
+            continue
+        order = _query_rng(cfg.seed, qid).permutation(len(neg))[: cfg.num_negatives]
+        neg = [neg[i] for i in order]
+        examples.append(
+            TrainingExample(
+                qid,
+                queries[qid],
+                ScoredDocs([d for d, _ in pos], [s for _, s in pos]),
+                ScoredDocs([d for d, _ in neg], [s for _, s in neg]),
+                answers=list(gold),
+            )
+        )
     stats["examples"] = len(examples)
     return examples, stats
