@@ -89,3 +89,40 @@ def test_two_process_loss_and_gradients_equal_single_process(tiny_bert, tmp_path
         assert got["grads"].keys() == single_grads.keys()
         for name, grad in single_grads.items():
             torch.testing.assert_close(got["grads"][name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.timeout(600)
+def test_trainer_ddp_runs_through_run_py(tiny_bert, small_beir, small_beir_bm25, tmp_path, cache_dir):
+    """Lightning's DDP re-launches run.py for rank 1 (gloo on CPU); rank 0 writes the results."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "run.py"),
+        "stage=biencoder",
+        "data=beir",
+        f"data.root={small_beir}",
+        f"model.name_or_path={tiny_bert}",
+        f"stage.datamodule.train_file={small_beir_bm25 / 'train.jsonl'}",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "stage.train_n_passages=4",
+        "stage.datamodule.batch_size=4",
+        "stage.final_eval.enabled=false",
+        f"hydra.run.dir={out}",
+    ]
+    env = {**os.environ, "SIMLM_CACHE": str(cache_dir)}
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "ndcg@10" in metrics["val"]
+    assert (out / "model" / "model.safetensors").is_file()
+    # 150 training queries / (2 ranks x 4 per batch) = 18 full steps per epoch, both ranks in step
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 150 // 8

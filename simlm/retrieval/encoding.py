@@ -49,15 +49,8 @@ DTYPES = ("float16", "float32")
 # A fixed passage encoded with every corpus: search re-encodes it to check it uses the same model.
 PROBE_TITLE = "SimLM embedding probe"
 PROBE_TEXT = "A fixed passage encoded next to every corpus, so that a later search can check its encoder."
-# Settings that change passage vectors themselves: a mismatch makes query/passage scores meaningless.
-_PASSAGE_SIDE_SETTINGS = (
-    "pooling",
-    "l2_normalize",
-    "add_pooler",
-    "pooler_dim",
-    "p_max_len",
-    "passage_prefix",
-)
+# Settings that shape query and passage vectors alike: a mismatch makes the scores meaningless.
+_VECTOR_SETTINGS = ("pooling", "l2_normalize", "add_pooler", "pooler_dim", "share_encoder")
 _MODEL_SETTING_KEYS = ("pooling", "l2_normalize", "q_max_len", "p_max_len", "query_prefix", "passage_prefix")
 
 
@@ -551,8 +544,9 @@ def check_encoder_matches(
 ) -> None:
     """Fail clearly unless `encoder` is the model that produced the stored passage embeddings.
 
-    Checked: the dimension, the passage-side settings, and the embedding of the probe passage. The probe
-    must reach cosine ≥ 0.999, which fp16 autocast passes and another checkpoint fails. With
+    Checked: the dimension; the settings that shape every vector (pooling, normalisation, pooler; other
+    differences, such as max lengths or prefixes, only warn); and the embedding of the probe passage,
+    which must reach cosine ≥ 0.999 (fp16 autocast passes, another checkpoint fails). With
     `strict=False` the last two checks only warn.
     """
     stored = f"{manifest.get('model')!r}"
@@ -565,9 +559,11 @@ def check_encoder_matches(
     problems = []
     current = asdict(encoder.settings)
     saved = manifest.get("settings", {})
-    differing = {k: (saved.get(k), current[k]) for k in _PASSAGE_SIDE_SETTINGS if saved.get(k) != current[k]}
-    if differing:
+    differing = {k: (saved.get(k), v) for k, v in current.items() if k in saved and saved[k] != v}
+    if any(k in _VECTOR_SETTINGS for k in differing):
         problems.append(f"settings differ (stored, current): {differing}")
+    elif differing:  # max lengths and prefixes: legitimate to change, but likely a slip
+        log.warning("settings differ from those of the encoded corpus (stored, current): %s", differing)
     probe = np.asarray(manifest.get("probe", []), dtype=np.float32)
     if probe.shape == (dim,):
         now = probe_embedding(encoder, tokenizer, device)

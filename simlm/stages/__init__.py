@@ -43,7 +43,10 @@ def run_stage(cfg: DictConfig) -> float | None:
     log.info(
         "stage %s finished in %.1f s; outputs in %s", cfg.stage.name, time.perf_counter() - started, out_dir
     )
-    write_json(out_dir / "metrics.json", metrics)
+    from simlm.distributed import rank
+
+    if rank() == 0:  # under DDP every rank runs the stage; one writes the results
+        write_json(out_dir / "metrics.json", metrics)
     return optimized_value(metrics, cfg.get("optimized_metric"))
 
 
@@ -64,15 +67,18 @@ def format_metrics(metrics: Metrics, title: str = "") -> str:
     names: list[str] = []
     for block in metrics.values():
         names += [m for m in block if m not in names]
+    widths = [max(len(n), 8) + 2 for n in names]
+    split_width = max([len("split"), *(len(s) for s in metrics)]) + 2
     lines = [title] if title else []
-    lines.append("split".ljust(10) + "".join(n.rjust(13) for n in names))
+    lines.append("split".ljust(split_width) + "".join(n.rjust(w) for n, w in zip(names, widths)))
     for split, block in metrics.items():
-        cells = "".join(
-            (f"{block[n]:.4f}" if isinstance(block.get(n), float) else str(block.get(n, "-"))).rjust(13)
-            for n in names
-        )
-        lines.append(split.ljust(10) + cells)
+        cells = "".join(_cell(block.get(n)).rjust(w) for n, w in zip(names, widths))
+        lines.append(split.ljust(split_width) + cells)
     return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 def to_container(cfg: Any) -> Any:

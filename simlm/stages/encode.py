@@ -87,7 +87,7 @@ def run(cfg: DictConfig) -> Metrics:
         "encode": {
             "passages": len(corpus),
             "encoded": summary.encoded_passages,
-            "skipped_shards": len(summary.skipped_shards),
+            "skipped": len(summary.skipped_shards),
             "seconds": round(seconds, 3),
             "passages_per_s": round(summary.encoded_passages / seconds, 2) if seconds > 0 else 0.0,
         }
