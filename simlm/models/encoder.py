@@ -37,10 +37,15 @@ class RetrievalSettings:
     add_pooler: bool = False
     pooler_dim: int | None = None
     share_encoder: bool = True
+    # "pair": [CLS] title [SEP] text [SEP] with token types 0/1 (SimLM); "concat": one segment "title text"
+    # (how sentence-transformers/BEIR encode titled passages)
+    passage_format: str = "pair"
 
     def __post_init__(self) -> None:
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        if self.passage_format not in ("pair", "concat"):
+            raise ValueError(f"passage_format must be 'pair' or 'concat', got {self.passage_format!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RetrievalSettings:
@@ -169,8 +174,13 @@ def tokenize_queries(
 def tokenize_passages(
     tokenizer: Any, titles: list[str], texts: list[str], settings: RetrievalSettings, pad: bool = True
 ) -> dict:
-    """`[CLS] prefix+title [SEP] text [SEP]` (token types 0/1) truncated to `p_max_len`; no title: text alone."""
+    """`[CLS] prefix+title [SEP] text [SEP]` (token types 0/1) truncated to `p_max_len`; no title: text alone.
+
+    With `passage_format="concat"`: one segment `prefix + title + " " + text`.
+    """
     prefix = settings.passage_prefix
+    if settings.passage_format == "concat":
+        titles, texts = [""] * len(texts), [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
     firsts = [prefix + t if t else prefix + x for t, x in zip(titles, texts)]
     seconds = [x if t else None for t, x in zip(titles, texts)]
     kwargs = {
