@@ -61,6 +61,7 @@ class NegativeMining(pl.Callback):
         self.shard_size = shard_size
         self.backend = backend
         self.output_file: Path | None = None
+        self.embeddings_dir: Path | None = None  # the corpus encoded by the final model, once mined
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted:
@@ -92,6 +93,7 @@ class NegativeMining(pl.Callback):
         )
         run = to_run(qids, scores, rows, corpus)
         mined, stats = mine_examples(run, qrels, queries, corpus, self.mining)
+        self.embeddings_dir = emb_dir
         self.output_file = self.out_dir / "train.jsonl"
         write_examples(self.output_file, mined)
         write_json(self.out_dir / "mining_stats.json", stats)

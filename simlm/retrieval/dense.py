@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,12 +36,23 @@ def dense_retrieve(
     rows: Sequence[int] | np.ndarray | None = None,
     batch_size: int = 128,
     backend: str = "faiss",
+    shards: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Run:
-    """Encode `queries` and the corpus rows (all by default), exact inner-product top-k, as a `Run`."""
-    rows_arr = np.arange(len(corpus), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    titles, texts = corpus.titles(rows_arr.tolist()), corpus.texts(rows_arr.tolist())
-    p_emb = encode_texts(encoder, tokenizer, titles=titles, texts=texts, batch_size=batch_size)
+    """Encode `queries`, search the corpus rows (all by default) exactly, return the top-k as a `Run`.
+
+    `shards` (`(rows, embeddings)` pairs, e.g. `load_shards(dir)`) are passages this encoder already
+    encoded: they are searched instead of encoding `rows` again.
+    """
+    if shards is None:
+        rows_arr = (
+            np.arange(len(corpus), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        )
+        titles, texts = corpus.titles(rows_arr.tolist()), corpus.texts(rows_arr.tolist())
+        p_emb = encode_texts(encoder, tokenizer, titles=titles, texts=texts, batch_size=batch_size)
+        shards, n_passages = [(rows_arr, p_emb)], len(rows_arr)
+    else:
+        n_passages = len(corpus) if rows is None else len(rows)
     qids = list(queries)
     q_emb = encode_texts(encoder, tokenizer, queries=[queries[q] for q in qids], batch_size=batch_size)
-    scores, found = search(q_emb, [(rows_arr, p_emb)], top_k=min(top_k, len(rows_arr)), backend=backend)
+    scores, found = search(q_emb, shards, top_k=min(top_k, n_passages), backend=backend)
     return to_run(qids, scores, found, corpus)

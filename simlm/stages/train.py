@@ -65,14 +65,26 @@ def run(cfg: DictConfig) -> Metrics:
             metrics["val"] = val
         final = cfg.stage.get("final_eval")
         if final and final.enabled:
-            metrics.update(evaluate_model(module, datamodule, cfg, out_dir))
+            mining = [cb for cb in trainer.callbacks if getattr(cb, "embeddings_dir", None)]
+            emb_dir = mining[0].embeddings_dir if mining else None
+            metrics.update(evaluate_model(module, datamodule, cfg, out_dir, emb_dir))
         print(format_metrics(metrics, title=f"{cfg.stage.name} on {cfg.data.name}"))
     return metrics
 
 
-def evaluate_model(module: pl.LightningModule, datamodule: Any, cfg: DictConfig, out_dir: Path) -> Metrics:
-    """Retrieve for `data.eval_split` with the trained encoder; write its run files; return its metrics."""
+def evaluate_model(
+    module: pl.LightningModule,
+    datamodule: Any,
+    cfg: DictConfig,
+    out_dir: Path,
+    embeddings_dir: Path | None = None,
+) -> Metrics:
+    """Retrieve for `data.eval_split` with the trained encoder; write its run files; return its metrics.
+
+    `embeddings_dir`: the corpus already encoded by this model (the mining callback's shards): reused.
+    """
     from simlm.retrieval.dense import dense_retrieve
+    from simlm.retrieval.encoding import load_shards
     from simlm.stages.common import evaluate_split, write_run_files
 
     final = cfg.stage.final_eval
@@ -87,6 +99,7 @@ def evaluate_model(module: pl.LightningModule, datamodule: Any, cfg: DictConfig,
             data.queries(split),
             final.top_k,
             batch_size=final.batch_size,
+            shards=load_shards(embeddings_dir) if embeddings_dir else None,
         )
         write_run_files(out_dir, split, run_, tag=cfg.stage.name)
         scores = evaluate_split(data, split, run_)
