@@ -1,0 +1,317 @@
+"""`stage=pipeline`: SimLM's stages chained (spec section 5), each feeding the next through config.
+
+[rlm ->] bm25 -> zero-shot -> retriever1 (BM25 negatives, mines) -> retriever2 (mined negatives, mines)
+-> reranker (retriever2's negatives) -> rerank (retriever2's run) -> teacher_scores -> kd_biencoder.
+
+Every step is a normal stage run composed from `conf/run.yaml` (`stage=<its stage>`) with the
+pipeline's own `data`, `model`, `trainer` and `logger`, written into `<work_dir>/<step>/`. A finished
+step leaves `.complete.json` holding the hash of its config and of every step before it; running the
+pipeline again skips steps whose hash matches and redoes (from scratch) an interrupted or changed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from simlm.data.io import write_json
+from simlm.stages import Metrics, format_metrics
+
+log = logging.getLogger(__name__)
+
+MARKER = ".complete.json"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: the stage it runs and how its inputs come from earlier steps' outputs."""
+
+    name: str
+    stage: str
+    wiring: Callable[[PipelineContext], list[str]]
+    label: str  # row label in the results table
+
+
+class PipelineContext:
+    """What the wiring functions need: the work dir, the steps that run, and the models to start from."""
+
+    def __init__(self, cfg: DictConfig, steps: list[str]) -> None:
+        self.cfg = cfg
+        self.work_dir = Path(cfg.stage.work_dir)
+        self.steps = steps
+
+    def out(self, step: str) -> Path:
+        return self.work_dir / step
+
+    @property
+    def init_model(self) -> str:
+        """SimLM initialises every bi-encoder from the pre-trained encoder (rlm's output when it runs)."""
+        if "rlm" in self.steps:
+            return str(self.out("rlm") / "model")
+        return str(self.cfg.stage.init_model or self.cfg.model.name_or_path)
+
+    @property
+    def reranker_model(self) -> str:
+        return str(self.cfg.stage.reranker_model or self.cfg.model.name_or_path)
+
+    @property
+    def negatives_step(self) -> str:
+        """The retriever whose mined negatives feed the re-ranker and the distillation."""
+        return "retriever2" if "retriever2" in self.steps else "retriever1"
+
+    @property
+    def eval_split(self) -> str:
+        split = self.cfg.data.eval_split
+        return split if isinstance(split, str) else list(split)[0]
+
+
+def _mined(ctx: PipelineContext) -> Path:
+    return ctx.out(ctx.negatives_step) / "mined" / "train.jsonl"
+
+
+STEPS: dict[str, Step] = {
+    step.name: step
+    for step in [
+        Step("rlm", "rlm", lambda ctx: [], "RLM pre-training"),
+        Step("bm25", "bm25", lambda ctx: [], "BM25"),
+        Step(
+            "zeroshot", "search", lambda ctx: [f"model.name_or_path={ctx.init_model}"], "zero-shot init model"
+        ),
+        Step(
+            "retriever1",
+            "biencoder",
+            lambda ctx: [
+                f"model.name_or_path={ctx.init_model}",
+                f"stage.datamodule.train_file={ctx.out('bm25') / 'train.jsonl'}",
+                "stage.callbacks.negative_mining.enabled=true",
+            ],
+            "Retriever 1 (BM25 negatives)",
+        ),
+        Step(
+            "retriever2",
+            "biencoder",
+            lambda ctx: [
+                f"model.name_or_path={ctx.init_model}",
+                f"stage.datamodule.train_file={ctx.out('retriever1') / 'mined' / 'train.jsonl'}",
+                "stage.callbacks.negative_mining.enabled=true",
+            ],
+            "Retriever 2 (mined negatives)",
+        ),
+        Step(
+            "reranker",
+            "reranker",
+            lambda ctx: [
+                f"model.name_or_path={ctx.reranker_model}",
+                f"stage.datamodule.train_file={_mined(ctx)}",
+            ],
+            "cross-encoder re-ranker (val)",
+        ),
+        Step(
+            "rerank",
+            "rerank",
+            lambda ctx: [
+                f"model.name_or_path={ctx.out('reranker') / 'model'}",
+                f"stage.run_file={ctx.out(ctx.negatives_step) / (ctx.eval_split + '.trec')}",
+            ],
+            "re-ranked retriever run",
+        ),
+        Step(
+            "teacher_scores",
+            "teacher_scores",
+            lambda ctx: [
+                f"model.name_or_path={ctx.out('reranker') / 'model'}",
+                f"stage.examples_file={_mined(ctx)}",
+            ],
+            "teacher scores",
+        ),
+        Step(
+            "kd_biencoder",
+            "kd_biencoder",
+            lambda ctx: [
+                f"model.name_or_path={ctx.init_model}",
+                f"stage.datamodule.train_file={ctx.out('teacher_scores') / 'kd_train.jsonl'}",
+            ],
+            "Retriever distill (KD)",
+        ),
+    ]
+}
+
+
+def step_config(cfg: DictConfig, step: Step, ctx: PipelineContext) -> DictConfig:
+    """Compose `conf/run.yaml` for `step`: its stage, the pipeline's data/model/trainer/logger, its wiring
+    and the user's `stage.step_overrides.<step>` (a config subtree merged last)."""
+    choices = _group_choices(cfg)
+    overrides = [f"stage={step.stage}"] + [f"{g}={c}" for g, c in choices.items() if g != "stage"]
+    sub = _compose(overrides)
+    with open_dict(sub):
+        for group in ("data", "model", "trainer", "logger", "paths", "callbacks"):
+            if group in cfg:
+                sub[group] = cfg[group]
+        sub.seed = cfg.seed
+        sub.paths.output_dir = str(ctx.out(step.name))
+        sub.merge_with(OmegaConf.from_dotlist(step.wiring(ctx)))
+        sub.merge_with(cfg.stage.step_overrides.get(step.name) or {})
+        if "wandb" in (sub.get("logger") or {}):
+            sub.logger.wandb.group = f"pipeline-{cfg.data.name}"
+            sub.logger.wandb.name = step.name
+    return sub
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """Compose `run.yaml` inside the running Hydra app, or from the project's `conf/` when called directly."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="run", overrides=overrides)
+    conf_dir = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return compose(config_name="run", overrides=overrides)
+
+
+def _group_choices(cfg: DictConfig) -> dict[str, str]:
+    """The config-group options the pipeline run was composed with (defaults when not under Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    groups = ("data", "model", "trainer", "logger", "callbacks", "paths")
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        return {g: choices[g] for g in groups if choices.get(g) not in (None, "null")}
+    return {}
+
+
+def config_hash(sub: DictConfig, previous: str) -> str:
+    """Hash of what a step's result depends on, chained with the hash of the steps before it.
+
+    Every stage depends on `stage`, `data`, `model` and `seed`; training stages also on `trainer` and
+    `callbacks`. Loggers and paths do not change results, so changing them does not redo a step.
+    """
+    keys = ["stage", "data", "model", "seed"]
+    if sub.stage.entry == "simlm.stages.train.run":
+        keys += ["trainer", "callbacks"]
+    resolved = OmegaConf.to_container(sub, resolve=True)
+    text = json.dumps({k: resolved.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256((previous + "\n" + text).encode("utf-8")).hexdigest()
+
+
+def _is_complete(step_dir: Path, digest: str) -> bool:
+    marker = step_dir / MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("hash") == digest
+
+
+def run(cfg: DictConfig) -> Metrics:
+    """Run the configured steps in order, skipping complete ones; write the results table and chart."""
+    from simlm.stages import run_stage
+
+    names = list(cfg.stage.steps)
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown pipeline steps {unknown}; known: {list(STEPS)}")
+    order = [n for n in STEPS if n in names]  # the data flow fixes the order
+    ctx = PipelineContext(cfg, order)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    previous = ""
+    timings: dict[str, float] = {}
+    for name in order:
+        step = STEPS[name]
+        sub = step_config(cfg, step, ctx)
+        digest = config_hash(sub, previous)
+        step_dir = ctx.out(name)
+        if _is_complete(step_dir, digest):
+            log.info("pipeline: %s already complete with this config, skipped", name)
+            timings[name] = json.loads((step_dir / MARKER).read_text()).get("seconds", 0.0)
+        else:
+            if step_dir.exists():  # interrupted or run with another config: redo from scratch
+                shutil.rmtree(step_dir)
+            step_dir.mkdir(parents=True)
+            (step_dir / "config.yaml").write_text(OmegaConf.to_yaml(sub))
+            log.info("pipeline: running %s (stage=%s) in %s", name, step.stage, step_dir)
+            started = time.perf_counter()
+            run_stage(sub)
+            timings[name] = time.perf_counter() - started
+            write_json(step_dir / MARKER, {"hash": digest, "stage": step.stage, "seconds": timings[name]})
+        previous = digest
+    results = collect_results(ctx, order, timings)
+    write_results(ctx.work_dir, results, ctx.eval_split)
+    out_dir = Path(cfg.paths.output_dir)
+    if out_dir.resolve() != ctx.work_dir.resolve():
+        write_results(out_dir, results, ctx.eval_split)
+    table = {row["system"]: {k: v for k, v in row.items() if k not in ("system", "step")} for row in results}
+    print(
+        format_metrics(table, title=f"SimLM pipeline on {cfg.data.name} ({ctx.eval_split}) - {ctx.work_dir}")
+    )
+    return {
+        ctx.eval_split: {f"{r['step']}/{k}": v for r in results for k, v in r.items() if isinstance(v, float)}
+    }
+
+
+RESULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "acc@20", "acc@100")
+
+
+def collect_results(
+    ctx: PipelineContext, order: list[str], timings: dict[str, float]
+) -> list[dict[str, Any]]:
+    """One row per step that reports metrics on the eval split (validation metrics for the re-ranker)."""
+    rows = []
+    for name in order:
+        path = ctx.out(name) / "metrics.json"
+        if not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        block = metrics.get(ctx.eval_split) or (metrics.get("val") if name == "reranker" else None)
+        if not block:
+            continue
+        row: dict[str, Any] = {"system": STEPS[name].label, "step": name}
+        row.update({k: float(block[k]) for k in RESULT_METRICS if k in block})
+        row["seconds"] = round(float(timings.get(name, 0.0)), 1)
+        rows.append(row)
+    return rows
+
+
+def write_results(out_dir: Path, rows: list[dict[str, Any]], split: str) -> None:
+    """`results.json`, `results.md` (markdown table) and `results.png` (grouped bars) in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "results.json", {"split": split, "rows": rows})
+    metrics = [m for m in RESULT_METRICS if any(m in r for r in rows)]
+    lines = [
+        f"| system ({split}) | " + " | ".join(metrics) + " | seconds |",
+        "|---|" + "---|" * (len(metrics) + 1),
+    ]
+    for r in rows:
+        cells = [f"{r[m]:.4f}" if m in r else "" for m in metrics]
+        lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(out_dir / "results.png", rows, metrics, split)
+
+
+def _plot(path: Path, rows: list[dict[str, Any]], metrics: list[str], split: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4))
+    width = 0.8 / max(len(metrics), 1)
+    x = np.arange(len(rows))
+    for i, metric in enumerate(metrics):
+        ax.bar(x + i * width, [r.get(metric, 0.0) for r in rows], width, label=metric)
+    ax.set_xticks(x + width * (len(metrics) - 1) / 2)
+    ax.set_xticklabels([r["system"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"SimLM pipeline ({split})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,104 @@
+"""`stage=pipeline`: chained stages, results table, skip-when-complete, redo after a kill or a change."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simlm.stages import run_stage
+from tests.conftest import PROJECT_ROOT
+
+TRAIN = ("trainer.max_epochs=1", "+trainer.limit_train_batches=4")
+
+
+def pipeline_overrides(small_beir, tiny_bert, work_dir, steps="[bm25,retriever1,retriever2]", *extra):
+    return (
+        "stage=pipeline",
+        "data=beir",
+        f"data.root={small_beir}",
+        "data.name=small",
+        f"model.name_or_path={tiny_bert}",
+        f"stage.steps={steps}",
+        f"stage.work_dir={work_dir}",
+        *TRAIN,
+        "+stage.step_overrides.retriever1.stage.train_n_passages=4",
+        "+stage.step_overrides.retriever2.stage.train_n_passages=4",
+        "+stage.step_overrides.bm25.stage.negatives.mining.num_negatives=30",
+        *extra,
+    )
+
+
+def markers(work_dir: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in work_dir.glob("*/.complete.json")}
+
+
+def test_pipeline_chains_stages_and_skips_complete_ones(compose, tmp_path, small_beir, tiny_bert):
+    work = tmp_path / "work"
+    run_stage(compose(*pipeline_overrides(small_beir, tiny_bert, work)))
+    assert set(markers(work)) == {"bm25", "retriever1", "retriever2"}
+    # wiring: retriever2 trained on retriever1's mined negatives
+    r2 = (work / "retriever2" / "config.yaml").read_text()
+    assert str(work / "retriever1" / "mined" / "train.jsonl") in r2
+    results = json.loads((work / "results.json").read_text())
+    assert [r["step"] for r in results["rows"]] == ["bm25", "retriever1", "retriever2"]
+    for row in results["rows"]:  # the table is what the stages wrote
+        step_metrics = json.loads((work / row["step"] / "metrics.json").read_text())["test"]
+        assert row["ndcg@10"] == pytest.approx(step_metrics["ndcg@10"])
+    assert "| BM25 |" in (work / "results.md").read_text()
+    assert (work / "results.png").stat().st_size > 1000
+
+    before = markers(work)
+    run_stage(compose(*pipeline_overrides(small_beir, tiny_bert, work), output_dir=tmp_path / "again"))
+    assert markers(work) == before  # nothing re-ran
+    assert (tmp_path / "again" / "results.md").read_text() == (work / "results.md").read_text()
+
+    # a changed step reruns it and everything after it, not what came before
+    changed = pipeline_overrides(
+        small_beir,
+        tiny_bert,
+        work,
+        "[bm25,retriever1,retriever2]",
+        "+stage.step_overrides.retriever1.stage.module.lr=1e-3",
+    )
+    run_stage(compose(*changed, output_dir=tmp_path / "changed"))
+    after = markers(work)
+    assert after["bm25"] == before["bm25"]
+    assert all(after[s] != before[s] for s in ("retriever1", "retriever2"))
+
+
+@pytest.mark.timeout(900)
+def test_pipeline_resumes_after_being_killed_mid_stage(tmp_path, small_beir, tiny_bert, cache_dir):
+    work = tmp_path / "work"
+    overrides = pipeline_overrides(small_beir, tiny_bert, work, "[bm25,retriever1]")
+    cmd = [sys.executable, str(PROJECT_ROOT / "run.py"), *overrides]
+    cmd += [f"hydra.run.dir={tmp_path / 'run'}", "+stage.step_overrides.retriever1.trainer.max_epochs=50"]
+    cmd.remove("+trainer.limit_train_batches=4")
+    env = {**os.environ, "SIMLM_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 600
+        # kill it once retriever1 has saved a checkpoint: mid-stage
+        while not list((work / "retriever1" / "checkpoints").glob("*.ckpt")) and time.time() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert set(markers(work)) == {"bm25"}
+    bm25_marker = markers(work)["bm25"]
+
+    cmd = [c for c in cmd if "max_epochs=50" not in c] + ["+trainer.limit_train_batches=4"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert markers(work)["bm25"] == bm25_marker  # not redone
+    assert set(markers(work)) == {"bm25", "retriever1"}
+    assert "Retriever 1" in (work / "results.md").read_text()
