@@ -1,0 +1,1 @@
+"""Data formats, the corpus model and the data sets the stages read."""

@@ -1,0 +1,224 @@
+"""Lightning DataModules: bi-encoder groups (query + positive + hard negatives) from SimLM example files."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from simlm.data.corpus import Corpus
+from simlm.data.dataset import RetrievalData
+from simlm.data.formats import Qrels, ScoredDocs, TrainingExample, read_examples
+from simlm.data.sampling import sample_group
+from simlm.models.encoder import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
+
+log = logging.getLogger(__name__)
+
+
+class GroupDataset(Dataset):
+    """Examples -> `{query, titles, texts, scores}` groups sampled for the current epoch (SimLM spec 2.2)."""
+
+    def __init__(
+        self,
+        examples: list[TrainingExample],
+        corpus: Corpus,
+        n_passages: int,
+        seed: int,
+        fill: str = "random",
+    ) -> None:
+        self.examples = examples
+        self.corpus = corpus
+        self.n_passages = n_passages
+        self.seed = seed
+        self.fill = fill
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        group = sample_group(ex, self.n_passages, self.epoch, self.seed, self.corpus, self.fill)
+        passages = self.corpus.passages([self.corpus.row(d) for d in group.doc_ids])
+        return {
+            "query": ex.query,
+            "titles": [p.title for p in passages],
+            "texts": [p.text for p in passages],
+            "scores": group.scores,
+        }
+
+
+class GroupCollator:
+    """Tokenises queries and the query-major flattened passages of a batch of groups."""
+
+    def __init__(self, tokenizer: Any, settings: RetrievalSettings) -> None:
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        titles = [t for it in items for t in it["titles"]]
+        texts = [x for it in items for x in it["texts"]]
+        return {
+            "query": dict(tokenize_queries(self.tokenizer, [it["query"] for it in items], self.settings)),
+            "passage": dict(tokenize_passages(self.tokenizer, titles, texts, self.settings)),
+            "scores": torch.tensor([it["scores"] for it in items], dtype=torch.float32),
+        }
+
+
+def examples_from_qrels(qrels: Qrels, queries: dict[str, str]) -> list[TrainingExample]:
+    """Validation examples: judged positives, negatives drawn at random from the corpus by the sampler."""
+    out = []
+    for qid, judged in qrels.items():
+        positives = [d for d, g in judged.items() if g >= 1]
+        if positives and qid in queries:
+            out.append(
+                TrainingExample(
+                    qid, queries[qid], ScoredDocs(positives, [1.0] * len(positives)), ScoredDocs()
+                )
+            )
+    return out
+
+
+def _holdout_order(qid: str) -> str:
+    return hashlib.sha256(qid.encode("utf-8")).hexdigest()
+
+
+class BiEncoderDataModule(pl.LightningDataModule):
+    """Training groups from a SimLM examples file; validation queries/qrels for retrieval evaluation.
+
+    `train_file`: SimLM jsonl (BM25 negatives from `stage=bm25`, mined ones from `stage=mine`, SimLM's
+    released files); default `<data.root>/<train_split>.jsonl`. Validation uses `data.val_split`; a data
+    set without judgements for it (SciFact has none) holds out `holdout_queries` training queries.
+    `fill` completes short negative lists of training groups: "random" corpus passages or "repeat"
+    (SimLM's wrapping window, which KD needs: every passage keeps its teacher score).
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        model_name_or_path: str,
+        settings: dict[str, Any],
+        train_file: str | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 64,
+        train_n_passages: int = 16,
+        eval_n_passages: int = 8,
+        seed: int = 1234,
+        num_workers: int = 0,
+        holdout_queries: int = 100,
+        max_train_examples: int | None = None,
+        fill: str = "random",
+    ) -> None:
+        super().__init__()
+        self.data_cfg = data
+        self.model_name_or_path = model_name_or_path
+        self.settings = RetrievalSettings.from_dict(dict(settings))
+        self.train_file = train_file
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_n_passages = train_n_passages
+        self.eval_n_passages = eval_n_passages
+        self.seed = seed
+        self.num_workers = num_workers
+        self.holdout_queries = holdout_queries
+        self.max_train_examples = max_train_examples
+        self.fill = fill
+        self.data: RetrievalData | None = None
+        self.val_queries: dict[str, str] = {}
+        self.val_qrels: Qrels = {}
+        self.holdout_examples: list[TrainingExample] = []
+
+    # ------------------------------------------------------------------ setup
+    def resolve_train_file(self, data: RetrievalData) -> Path:
+        if self.train_file:
+            return Path(self.train_file)
+        split = self.data_cfg.get("train_split", "train")
+        path = data.examples_path(split)
+        if path is None:
+            raise FileNotFoundError(
+                f"no training examples: {data.root} has no {split}.jsonl. Run `python run.py stage=bm25 data=...` "
+                "(BM25 negatives) or stage=mine, and pass stage.datamodule.train_file=<its train.jsonl>"
+            )
+        return path
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = RetrievalData.from_config(self.data_cfg)
+        corpus = self.data.corpus
+        self.tokenizer = load_tokenizer(self.model_name_or_path)
+        examples = read_examples(self.resolve_train_file(self.data), doc_ids=corpus)
+        val_split = self.data_cfg.get("val_split")
+        if val_split and self.data.has_qrels(val_split):
+            self.val_qrels = self.data.qrels(val_split)
+            self.val_queries = self.data.queries(val_split)
+        elif self.holdout_queries > 0:
+            held = set(sorted((ex.query_id for ex in examples), key=_holdout_order)[: self.holdout_queries])
+            self.val_queries = {ex.query_id: ex.query for ex in examples if ex.query_id in held}
+            self.val_qrels = {
+                ex.query_id: dict.fromkeys(ex.positives.doc_ids, 1) for ex in examples if ex.query_id in held
+            }
+            self.holdout_examples = [ex for ex in examples if ex.query_id in held]
+            examples = [ex for ex in examples if ex.query_id not in held]
+            log.info(
+                "no qrels for val split %r: holding out %d training queries for validation",
+                val_split,
+                len(held),
+            )
+        if self.max_train_examples:
+            examples = examples[: self.max_train_examples]
+        if not examples:
+            raise ValueError("no training examples left after holding out validation queries")
+        self.train_dataset = GroupDataset(examples, corpus, self.train_n_passages, self.seed, self.fill)
+        val_examples = examples_from_qrels(self.val_qrels, self.val_queries)
+        self.val_dataset = (
+            GroupDataset(val_examples, corpus, self.eval_n_passages, self.seed) if val_examples else None
+        )
+        self.collator = GroupCollator(self.tokenizer, self.settings)
+
+    def train_qrels(self) -> Qrels:
+        """Judgements of the training queries: the split's qrels if the data set has them, else the positives."""
+        assert self.data is not None, "call setup() first"
+        split = self.data_cfg.get("train_split", "train")
+        if split and self.data.has_qrels(split):
+            return self.data.qrels(split)
+        examples = self.train_dataset.examples + self.holdout_examples
+        return {ex.query_id: dict.fromkeys(ex.positives.doc_ids, 1) for ex in examples}
+
+    @property
+    def corpus(self) -> Corpus:
+        assert self.data is not None, "call setup() first"
+        return self.data.corpus
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            drop_last=len(self.train_dataset) >= self.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.eval_batch_size,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+        )
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_dataset) / self.batch_size)

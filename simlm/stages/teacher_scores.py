@@ -1,0 +1,112 @@
+"""`stage=teacher_scores`: re-ranker logits for a training-examples file, SimLM's KD teacher (spec 4.1).
+
+Every positive and the first `num_negatives` negatives (all by default) of each example are scored
+with the re-ranker; the output `kd_<split>.jsonl` has the same schema, the negatives cut to the scored
+ones and every score replaced by the raw logit (5 decimals, as SimLM). Several devices: torchrun, each
+rank scores a contiguous slice of the pairs and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from simlm.data.dataset import RetrievalData
+from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
+from simlm.retrieval.encoding import dist_rank_world
+from simlm.retrieval.rerank import load_reranker, score_pairs_distributed
+from simlm.stages import Metrics, format_metrics
+from simlm.stages.rerank import run_on_ranks
+
+log = logging.getLogger(__name__)
+
+DECIMALS = 5
+
+
+def teacher_examples(
+    examples: list[TrainingExample], scores: np.ndarray, num_negatives: int | None
+) -> list[TrainingExample]:
+    """Examples whose positives and first `num_negatives` negatives carry `scores` (flattened in that order)."""
+    out, i = [], 0
+    for ex in examples:
+        pos = ex.positives.doc_ids
+        neg = ex.negatives.doc_ids[:num_negatives]
+        pos_scores = [round(float(s), DECIMALS) for s in scores[i : i + len(pos)]]
+        i += len(pos)
+        neg_scores = [round(float(s), DECIMALS) for s in scores[i : i + len(neg)]]
+        i += len(neg)
+        out.append(
+            TrainingExample(
+                ex.query_id,
+                ex.query,
+                ScoredDocs(list(pos), pos_scores),
+                ScoredDocs(list(neg), neg_scores),
+                ex.answers,
+            )
+        )
+    if i != len(scores):
+        raise ValueError(f"{len(scores)} scores for {i} pairs")
+    return out
+
+
+def run(cfg: DictConfig) -> Metrics:
+    """Score `stage.examples_file` with `stage.model` into `stage.out_file`; return counts and teacher accuracy."""
+    return run_on_ranks(cfg, _score)
+
+
+def _score(cfg: DictConfig, device: torch.device) -> Metrics:
+    stage = cfg.stage
+    data = RetrievalData.from_config(cfg.data)
+    corpus = data.corpus
+    path = stage.get("examples_file") or data.examples_path(str(stage.split))
+    if path is None:
+        raise FileNotFoundError(
+            f"no {stage.split}.jsonl in {data.root}: pass stage.examples_file=<training examples jsonl>"
+        )
+    examples = read_examples(path, doc_ids=corpus)
+    n_neg = None if stage.get("num_negatives") is None else int(stage.num_negatives)
+    pairs = [
+        (ex.query, doc_id)
+        for ex in examples
+        for doc_id in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
+    ]
+    model, tokenizer = load_reranker(str(stage.model))
+    model.to(device)
+    fp16 = device.type == "cuda" and "16" in str(cfg.trainer.get("precision", "32"))
+    started = time.perf_counter()
+    scores = score_pairs_distributed(
+        model,
+        tokenizer,
+        corpus,
+        pairs,
+        max_length=int(stage.max_length),
+        batch_size=int(stage.batch_size),
+        fp16=fp16,
+    )
+    seconds = time.perf_counter() - started
+    if dist_rank_world()[0] != 0:
+        return {}
+    scored = teacher_examples(examples, scores, n_neg)
+    out_file = Path(stage.out_file)
+    write_examples(out_file, scored)
+    # teacher accuracy: the best positive outscores every scored negative
+    correct = sum(
+        1 for ex in scored if not ex.negatives.scores or max(ex.positives.scores) > max(ex.negatives.scores)
+    )
+    metrics: Metrics = {
+        "teacher_scores": {
+            "examples": len(scored),
+            "pairs": len(pairs),
+            "seconds": round(seconds, 3),
+            "pairs_per_s": round(len(pairs) / seconds, 1) if seconds > 0 else 0.0,
+            "positive_top1": correct / len(scored),
+        }
+    }
+    log.info("teacher scores of %s written to %s", path, out_file)
+    print(format_metrics(metrics, title=f"teacher scores of {path} with {stage.model}"))
+    return metrics
