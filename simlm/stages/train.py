@@ -14,7 +14,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from simlm.callbacks.negative_mining import load_best_weights
+from simlm.checkpoints import load_best_weights
+from simlm.loggers import log_run_config
 from simlm.stages import Metrics, format_metrics
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Tra
     """`cfg.trainer` with the `callbacks` group, the stage's own callbacks and the `logger` group."""
     callbacks = _instantiate_group(cfg.get("callbacks")) + extra_callbacks
     loggers = _instantiate_group(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=none)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
+    log_run_config(loggers, cfg)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
