@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 
+from simlm.checkpoints import load_best_weights
 from simlm.data.formats import Qrels, write_examples
 from simlm.data.io import write_json
 from simlm.retrieval.encoding import encode_corpus_to_shards, encode_texts, load_shards
@@ -15,16 +15,6 @@ from simlm.retrieval.index import search, to_run
 from simlm.retrieval.mining import MiningConfig, mine_examples
 
 log = logging.getLogger(__name__)
-
-
-def load_best_weights(trainer: pl.Trainer, pl_module: pl.LightningModule) -> str | None:
-    """Load the best checkpoint's weights into `pl_module` (if a monitored checkpoint exists)."""
-    ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-    if ckpt and Path(ckpt).is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        pl_module.load_state_dict(state)
-        return ckpt
-    return None
 
 
 class NegativeMining(pl.Callback):
