@@ -35,6 +35,16 @@ N_PASSAGES = 300
 
 
 # --------------------------------------------------------------------------- fixtures and helpers
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine every op of the
+    thread pool waits for a scheduler slice (10-50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def small_beir(tmp_path_factory, demo_root) -> Path:
     """A 300-passage BEIR data set cut from the demo set: judged test/dev passages first, every 7th untitled."""
@@ -138,7 +148,20 @@ class CountingEncode:
 # --------------------------------------------------------------------------- in-memory encoding
 def test_encode_texts_is_length_sorted_and_restores_input_order(tiny):
     encoder, tokenizer = tiny
-    words = "the json module encodes python objects as text and decodes them again".split()
+    words = [
+        "the",
+        "json",
+        "module",
+        "encodes",
+        "python",
+        "objects",
+        "as",
+        "text",
+        "and",
+        "decodes",
+        "them",
+        "again",
+    ]
     texts = [" ".join(words[: 1 + (i * 7) % len(words)] * (1 + i % 4)) for i in range(40)]
     titles = [f"title {i}" if i % 3 else "" for i in range(40)]
     encoder.train()  # the caller's mode must survive (a training callback calls this)
@@ -396,7 +419,10 @@ def test_encode_then_search_stage_writes_runs_and_metrics(compose, tmp_path, sma
         for i, qid in enumerate(qids):
             assert [d for d, _ in trec[qid]] == [d for d, _ in marco[qid]]
             got = [row_of[d] for d, _ in trec[qid]]
-            assert got == ref_rows[i].tolist()
+            # a ranking is right iff each rank holds the oracle's score there; float rounding
+            # (length-sorted vs corpus-order batches, faiss vs numpy) may swap near-equal neighbours only
+            assert len(set(got)) == len(got) and np.mean(np.array(got) != ref_rows[i]) < 0.1
+            np.testing.assert_allclose(q_emb[i] @ p_emb[got].T, ref_scores[i], atol=1e-5)
             np.testing.assert_allclose([s for _, s in trec[qid]], ref_scores[i], atol=2e-6)
 
 
@@ -417,17 +443,33 @@ def test_search_with_another_model_fails_clearly(compose, tmp_path, small_beir, 
             p.add_(torch.randn_like(p) * 0.5)
     other.save_pretrained(perturbed, load_tokenizer(tiny_bert))
 
-    for model, match in [(wider, "dimension 32 .* produces 16"), (perturbed, "probe passage")]:
+    cases = [
+        ("wider", [f"model.name_or_path={wider}"], "dimension 32 .* produces 16"),
+        ("perturbed", [f"model.name_or_path={perturbed}"], "probe passage embeds differently"),
+        ("mean", [f"model.name_or_path={tiny_bert}", "model.pooling=mean"], "settings differ .*pooling"),
+    ]
+    for name, overrides, match in cases:
         cfg = compose(
             "stage=search",
             *common,
-            f"model.name_or_path={model}",
+            *overrides,
             f"stage.embeddings_dir={encode_cfg.stage.out_dir}",
-            output_dir=tmp_path / f"search-{model.name}",
+            output_dir=tmp_path / f"search-{name}",
         )
         with pytest.raises(EmbeddingMismatchError, match=match):
             run_stage(cfg)
-        assert not (tmp_path / f"search-{model.name}" / "test.trec").exists()
+        assert not (tmp_path / f"search-{name}" / "test.trec").exists()
+    # the same model with another query length is fine (a warning only)
+    cfg = compose(
+        "stage=search",
+        *common,
+        f"model.name_or_path={tiny_bert}",
+        "model.q_max_len=16",
+        f"stage.embeddings_dir={encode_cfg.stage.out_dir}",
+        output_dir=tmp_path / "search-same",
+    )
+    run_stage(cfg)
+    assert (tmp_path / "search-same" / "test.trec").exists()
 
 
 def test_load_encoder_saved_settings_win_unless_overridden(tmp_path, tiny_bert):

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from simlm.evaluation import evaluate_run
-from simlm.retrieval.dense import dense_retrieve, sub_corpus_rows
+from simlm.retrieval.dense import sub_corpus_rows
+from simlm.retrieval.encoding import encode_texts
+from simlm.retrieval.index import search, to_run
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +20,9 @@ class RetrievalEvaluation(pl.Callback):
     """Encode the corpus (or a sub-corpus of `max_passages`: every judged passage + random others),
     search the datamodule's validation queries and log `val/ndcg@10`, `val/mrr@10`, `val/recall@100`.
 
-    Rank 0 computes, the metrics are broadcast, and every rank logs them so `ModelCheckpoint` can
-    monitor them under DDP.
+    With several processes every rank encodes an equal slice of the passages (ZeRO-3 needs every rank
+    in every forward pass) and the slices are all-gathered; rank 0 searches and scores, the metrics are
+    broadcast and every rank logs them, so `ModelCheckpoint` can monitor them.
     """
 
     def __init__(
@@ -29,28 +34,51 @@ class RetrievalEvaluation(pl.Callback):
         self.backend = backend
         self.history: list[dict[str, float]] = []
 
-    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
+    def _encode_passages(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: np.ndarray
+    ) -> np.ndarray:
         dm = trainer.datamodule
-        rows = sub_corpus_rows(dm.corpus, dm.val_qrels, self.max_passages)
-        run = dense_retrieve(
+        world, rank = trainer.world_size, trainer.global_rank
+        per_rank = -(-len(rows) // world)
+        # equal-length slices (the last padded with its own last row) keep the ranks' batches in lockstep
+        mine = rows[rank * per_rank : (rank + 1) * per_rank]
+        mine = np.concatenate([mine, np.full(per_rank - len(mine), rows[-1], dtype=rows.dtype)])
+        emb = encode_texts(
             pl_module.encoder,
             dm.tokenizer,
-            dm.corpus,
-            dm.val_queries,
-            self.top_k,
-            rows,
-            self.batch_size,
-            self.backend,
+            titles=dm.corpus.titles(mine.tolist()),
+            texts=dm.corpus.texts(mine.tolist()),
+            batch_size=self.batch_size,
         )
-        m = evaluate_run(run, dm.val_qrels)
+        if world == 1:
+            return emb
+        gathered = trainer.strategy.all_gather(torch.from_numpy(emb).to(pl_module.device))
+        return gathered.reshape(-1, emb.shape[1])[: len(rows)].cpu().numpy()
+
+    def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        """Metrics on rank 0 (None on the other ranks, which only help encoding)."""
+        dm = trainer.datamodule
+        rows = sub_corpus_rows(dm.corpus, dm.val_qrels, self.max_passages)
+        rows = np.arange(len(dm.corpus), dtype=np.int64) if rows is None else rows
+        p_emb = self._encode_passages(trainer, pl_module, rows)
+        qids = list(dm.val_queries)
+        q_emb = encode_texts(
+            pl_module.encoder,
+            dm.tokenizer,
+            queries=[dm.val_queries[q] for q in qids],
+            batch_size=self.batch_size,
+        )
+        if not trainer.is_global_zero:
+            return None
+        scores, found = search(q_emb, [(rows, p_emb)], top_k=min(self.top_k, len(rows)), backend=self.backend)
+        m = evaluate_run(to_run(qids, scores, found, dm.corpus), dm.val_qrels)
         return {"val/ndcg@10": m["ndcg@10"], "val/mrr@10": m["mrr@10"], "val/recall@100": m["recall@100"]}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         if trainer.sanity_checking or dm is None or not getattr(dm, "val_queries", None):
             return
-        metrics = self.evaluate(trainer, pl_module) if trainer.is_global_zero else None
-        metrics = trainer.strategy.broadcast(metrics, src=0)
+        metrics = trainer.strategy.broadcast(self.evaluate(trainer, pl_module), src=0)
         self.history.append({"epoch": trainer.current_epoch, **metrics})
         log.info(
             "epoch %d retrieval: %s", trainer.current_epoch, {k: round(v, 4) for k, v in metrics.items()}

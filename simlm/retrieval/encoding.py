@@ -51,7 +51,15 @@ PROBE_TITLE = "SimLM embedding probe"
 PROBE_TEXT = "A fixed passage encoded next to every corpus, so that a later search can check its encoder."
 # Settings that shape query and passage vectors alike: a mismatch makes the scores meaningless.
 _VECTOR_SETTINGS = ("pooling", "l2_normalize", "add_pooler", "pooler_dim", "share_encoder")
-_MODEL_SETTING_KEYS = ("pooling", "l2_normalize", "q_max_len", "p_max_len", "query_prefix", "passage_prefix")
+_MODEL_SETTING_KEYS = (
+    "pooling",
+    "l2_normalize",
+    "q_max_len",
+    "p_max_len",
+    "query_prefix",
+    "passage_prefix",
+    "passage_format",
+)
 
 
 class EmbeddingMismatchError(ValueError):
