@@ -484,3 +484,23 @@ def test_load_encoder_saved_settings_win_unless_overridden(tmp_path, tiny_bert):
         {"name_or_path": str(folder), "pooling": "mean", "q_max_len": 16, "override_saved_settings": True}
     )
     assert forced.settings.pooling == "mean" and forced.settings.q_max_len == 16
+
+
+def test_search_without_embeddings_encodes_in_memory(compose, tmp_path, small_beir, tiny_bert):
+    """`stage.embeddings_dir=null` (zero-shot checks) gives the metrics of encode -> search."""
+    common = ("data=beir", f"data.root={small_beir}", f"model.name_or_path={tiny_bert}", "model.pooling=mean")
+    encode_cfg = compose("stage=encode", *common, "stage.dtype=float32", output_dir=tmp_path / "enc")
+    run_stage(encode_cfg)
+    run_stage(
+        compose(
+            "stage=search",
+            *common,
+            f"stage.embeddings_dir={encode_cfg.stage.out_dir}",
+            output_dir=tmp_path / "a",
+        )
+    )
+    run_stage(compose("stage=search", *common, output_dir=tmp_path / "b"))
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())["test"]
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())["test"]
+    assert b["num_queries"] == a["num_queries"] == 40
+    assert b["ndcg@10"] == pytest.approx(a["ndcg@10"], abs=0.02)  # near-tied random scores may swap

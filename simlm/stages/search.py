@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
@@ -38,18 +39,28 @@ def run(cfg: DictConfig) -> Metrics:
         return {}
     stage = cfg.stage
     out_dir = Path(cfg.paths.output_dir)
-    emb_dir = Path(stage.embeddings_dir)
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
-    manifest = read_manifest(emb_dir, corpus_size=len(corpus))
-
     device = resolve_device(cfg.trainer.get("accelerator", "auto"))
     encoder, tokenizer = load_encoder(cfg.model)
     encoder.to(device)
     model_name = str(cfg.model.name_or_path)
-    check_encoder_matches(
-        manifest, encoder, tokenizer, model_name, strict=bool(stage.get("strict_model_check", True))
-    )
+    if stage.embeddings_dir:
+        emb_dir = Path(stage.embeddings_dir)
+        manifest = read_manifest(emb_dir, corpus_size=len(corpus))
+        check_encoder_matches(
+            manifest, encoder, tokenizer, model_name, strict=bool(stage.get("strict_model_check", True))
+        )
+        shards = load_shards(emb_dir)
+    else:  # no stage=encode output: encode the corpus in memory (small corpora, zero-shot checks)
+        passages = encode_texts(
+            encoder,
+            tokenizer,
+            titles=corpus.titles(),
+            texts=corpus.texts(),
+            batch_size=int(stage.encode_batch_size),
+        )
+        shards = [(np.arange(len(corpus), dtype=np.int64), passages)]
 
     splits = [stage.split] if isinstance(stage.split, str) else list(stage.split)
     qids: dict[str, list[str]] = {}
@@ -66,7 +77,7 @@ def run(cfg: DictConfig) -> Metrics:
     encoded = time.perf_counter()
     scores, rows = search(
         query_emb,
-        load_shards(emb_dir),
+        shards,
         top_k=int(stage.top_k),
         backend=str(stage.backend),
         batch_size=int(stage.query_batch_size),
