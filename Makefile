@@ -26,7 +26,7 @@ demo: install
 	$(PY) run.py
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

@@ -79,6 +79,8 @@ def biencoder_overrides(small_beir, tiny_bert, train_file, *extra):
         "data=beir",
         f"data.root={small_beir}",
         f"model.name_or_path={tiny_bert}",
+        "model.pooling=cls",  # SimLM's settings
+        "model.passage_format=pair",
         f"stage.datamodule.train_file={train_file}",
         "stage.train_n_passages=4",
         "stage.datamodule.batch_size=8",

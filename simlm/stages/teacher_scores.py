@@ -69,6 +69,8 @@ def _score(cfg: DictConfig, device: torch.device) -> Metrics:
             f"no {stage.split}.jsonl in {data.root}: pass stage.examples_file=<training examples jsonl>"
         )
     examples = read_examples(path, doc_ids=corpus)
+    if stage.get("max_examples"):  # small budgets (the demo pipeline): score the first N examples only
+        examples = examples[: int(stage.max_examples)]
     n_neg = None if stage.get("num_negatives") is None else int(stage.num_negatives)
     pairs = [
         (ex.query, doc_id)
