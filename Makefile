@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint clean data-msmarco
 
 install: $(STAMP)
 
@@ -40,3 +40,7 @@ lint: install
 
 clean:
 	rm -rf outputs .pytest_cache benchmarks/results/*.tmp
+
+# SimLM's preprocessed MS MARCO folders (about 5.3 GB of zips; resumable) into data/
+data-msmarco: install
+	HF_HUB_OFFLINE=0 $(PY) -m simlm.data.download msmarco data

@@ -20,6 +20,7 @@ from simlm.data.formats import (
 )
 
 LAYOUTS = ("beir", "msmarco", "demo")
+BEIR_URL_DEFAULT = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 
 
 def _first_existing(root: Path, names: list[str]) -> Path | None:
@@ -59,8 +60,17 @@ class RetrievalData:
             from simlm.data.demo import ensure_demo_dataset
 
             root = ensure_demo_dataset(data_cfg.cache_dir)
+        if root is None and layout == "beir" and data_cfg.get("name") not in (None, "beir"):
+            from simlm.data.download import fetch_beir
+
+            root = fetch_beir(
+                str(data_cfg.name), data_cfg.cache_dir, data_cfg.get("url", None) or BEIR_URL_DEFAULT
+            )
         if root is None:
-            raise ValueError("data.root is required (the folder holding the data set)")
+            raise ValueError(
+                "data.root is required (the folder holding the data set); with data=beir, "
+                "data.name=<BEIR data set, e.g. scifact> downloads it instead"
+            )
         return cls(root, layout, data_cfg.get("task", "ir"))
 
     # ------------------------------------------------------------------ files
