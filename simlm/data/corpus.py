@@ -44,7 +44,10 @@ class CorpusBuilder:
         if self._id_to_row is not None:
             if doc_id in self._id_to_row:
                 raise DataFormatError(
-                    self.source, line_no, "id", f"duplicate passage id {doc_id!r} (first at row {self._id_to_row[doc_id]})"
+                    self.source,
+                    line_no,
+                    "id",
+                    f"duplicate passage id {doc_id!r} (first at row {self._id_to_row[doc_id]})",
                 )
             self._id_to_row[doc_id] = row
         self._ids.append(doc_id)
@@ -58,7 +61,11 @@ class CorpusBuilder:
         if self._ids:
             self._chunks.append(
                 pa.record_batch(
-                    [pa.array(self._ids, pa.string()), pa.array(self._titles, pa.string()), pa.array(self._texts, pa.string())],
+                    [
+                        pa.array(self._ids, pa.string()),
+                        pa.array(self._titles, pa.string()),
+                        pa.array(self._texts, pa.string()),
+                    ],
                     names=["id", "title", "text"],
                 )
             )
@@ -131,4 +138,3 @@ class Corpus:
         idx = pa.array(rows, pa.int64())
         ids, titles, texts = (c.take(idx).to_pylist() for c in (self._ids, self._titles, self._texts))
         return [Passage(i, t, x) for i, t, x in zip(ids, titles, texts)]
-

@@ -73,9 +73,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataFormatError(path, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataFormatError(
+                    path, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})"
+                ) from None
             if not isinstance(obj, dict):
-                raise DataFormatError(path, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
+                raise DataFormatError(
+                    path, line_no, None, f"expected a JSON object, got {type(obj).__name__}"
+                )
             yield line_no, obj
 
 

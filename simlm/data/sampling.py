@@ -69,7 +69,9 @@ def sample_group(
     scores += negs.scores
     missing = n_neg - len(negs.doc_ids)
     if corpus is None:
-        raise ValueError(f"query {example.query_id!r} has {len(negs.doc_ids)} negatives < {n_neg}: a corpus is needed to fill")
+        raise ValueError(
+            f"query {example.query_id!r} has {len(negs.doc_ids)} negatives < {n_neg}: a corpus is needed to fill"
+        )
     excluded = set(pos.doc_ids) | set(negs.doc_ids)
     if len(corpus) - len(excluded) < missing:
         raise ValueError(f"the corpus has too few passages to fill a group of {n_passages}")
