@@ -90,6 +90,8 @@ def test_zero2_two_cpu_processes_train_save_and_encode(
         f"stage.module.lr={lr}",
         f"stage.module.warmup_steps={warmup}",
         "stage.final_eval.enabled=false",
+        "model.pooling=cls",  # SimLM's settings, which the pair-format export checks below assume
+        "model.passage_format=pair",
         "logger=csv",
         f"hydra.run.dir={out}",
     ]

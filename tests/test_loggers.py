@@ -142,7 +142,7 @@ def test_tensorboard_and_csv_loggers_compose_and_write(compose, tmp_path):
         ("csv", "csv/version_0/*"),
     ):
         out = tmp_path / name
-        cfg = compose(f"logger={name}", output_dir=out)
+        cfg = compose("stage=bm25", f"logger={name}", output_dir=out)
         (logger,) = [instantiate(c) for c in cfg.logger.values()]
         log_run_config([logger], cfg)
         logger.log_metrics({"train/loss": 1.5}, step=0)

@@ -28,9 +28,9 @@ def pipeline_overrides(small_beir, tiny_bert, work_dir, steps="[bm25,retriever1,
         f"stage.steps={steps}",
         f"stage.work_dir={work_dir}",
         *TRAIN,
-        "+stage.step_overrides.retriever1.stage.train_n_passages=4",
-        "+stage.step_overrides.retriever2.stage.train_n_passages=4",
-        "+stage.step_overrides.bm25.stage.negatives.mining.num_negatives=30",
+        "++stage.step_overrides.retriever1.stage.train_n_passages=4",
+        "++stage.step_overrides.retriever2.stage.train_n_passages=4",
+        "++stage.step_overrides.bm25.stage.negatives.mining.num_negatives=30",
         *extra,
     )
 
@@ -65,7 +65,7 @@ def test_pipeline_chains_stages_and_skips_complete_ones(compose, tmp_path, small
         tiny_bert,
         work,
         "[bm25,retriever1,retriever2]",
-        "+stage.step_overrides.retriever1.stage.module.lr=1e-3",
+        "++stage.step_overrides.retriever1.stage.module.lr=1e-3",
     )
     run_stage(compose(*changed, output_dir=tmp_path / "changed"))
     after = markers(work)
@@ -78,7 +78,7 @@ def test_pipeline_resumes_after_being_killed_mid_stage(tmp_path, small_beir, tin
     work = tmp_path / "work"
     overrides = pipeline_overrides(small_beir, tiny_bert, work, "[bm25,retriever1]")
     cmd = [sys.executable, str(PROJECT_ROOT / "run.py"), *overrides]
-    cmd += [f"hydra.run.dir={tmp_path / 'run'}", "+stage.step_overrides.retriever1.trainer.max_epochs=50"]
+    cmd += [f"hydra.run.dir={tmp_path / 'run'}", "++stage.step_overrides.retriever1.trainer.max_epochs=50"]
     cmd.remove("+trainer.limit_train_batches=4")
     env = {**os.environ, "SIMLM_CACHE": str(cache_dir)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

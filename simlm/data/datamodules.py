@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +218,3 @@ class BiEncoderDataModule(pl.LightningDataModule):
             collate_fn=self.collator,
             num_workers=self.num_workers,
         )
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_dataset) / self.batch_size)

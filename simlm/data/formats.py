@@ -111,12 +111,6 @@ def read_qa_queries_tsv(path: str | Path) -> tuple[dict[str, str], dict[str, lis
     return queries, answers
 
 
-def write_queries_tsv(path: str | Path, queries: dict[str, str]) -> None:
-    with atomic_write(path) as f:
-        for qid, text in queries.items():
-            f.write(f"{qid}\t{_one_line(text)}\n")
-
-
 # --------------------------------------------------------------------------- qrels
 def _check_ids(
     path: str | Path,
@@ -177,13 +171,6 @@ def write_beir_qrels(path: str | Path, qrels: Qrels) -> None:
         for qid, docs in qrels.items():
             for doc_id, grade in docs.items():
                 f.write(f"{qid}\t{doc_id}\t{grade}\n")
-
-
-def write_trec_qrels(path: str | Path, qrels: Qrels) -> None:
-    with atomic_write(path) as f:
-        for qid, docs in qrels.items():
-            for doc_id, grade in docs.items():
-                f.write(f"{qid}\t0\t{doc_id}\t{grade}\n")
 
 
 # --------------------------------------------------------------------------- training examples
@@ -449,7 +436,3 @@ def _parse_number(value: str, kind: Callable[[str], Any], path: str | Path, line
     if isinstance(number, float) and math.isnan(number):
         raise DataFormatError(path, line_no, name, "score is NaN")
     return number
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from simlm.losses import (
     temperature_at,
 )
 from simlm.models.encoder import TextEncoder
-from simlm.optim import build_optimizer
+from simlm.modules.common import set_sampling_epoch, warmup_decay_optimizers
 
 
 class BiEncoderModule(pl.LightningModule):
@@ -112,21 +111,10 @@ class BiEncoderModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ epochs and optimisation
     def on_train_epoch_start(self) -> None:
-        # SimLM's negative window moves with the epoch (offset = epoch + seed)
-        loader = self.trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+        set_sampling_epoch(self)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        total = int(self.trainer.estimated_stepping_batches)
-        if not math.isfinite(total) or total <= 0:
-            total = max(hp.warmup_steps, 1)
-        optimizer, scheduler = build_optimizer(
-            self, hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.warmup_type
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_decay_optimizers(self)
 
     def save_model(self, out_dir: str | Path, tokenizer: Any | None = None) -> Path:
         """Save the encoder as a Hugging Face folder + tokenizer + retrieval settings."""

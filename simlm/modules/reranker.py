@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from torch import Tensor
 
 from simlm.evaluation import evaluate_run
 from simlm.losses import listwise_ce, rdrop_loss, select_hard_passages
-from simlm.optim import build_optimizer
+from simlm.modules.common import set_sampling_epoch, warmup_decay_optimizers
 from simlm.retrieval.rerank import load_reranker_model, merge_reranked
 
 
@@ -124,20 +123,10 @@ class CrossEncoderReranker(pl.LightningModule):
 
     # ------------------------------------------------------------------ epochs, optimisation, saving
     def on_train_epoch_start(self) -> None:
-        # SimLM's negative window moves with the epoch (offset = epoch + seed)
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(self.current_epoch)
+        set_sampling_epoch(self)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        total = int(self.trainer.estimated_stepping_batches)
-        if not math.isfinite(total) or total <= 0:
-            total = max(hp.warmup_steps, 1)
-        optimizer, scheduler = build_optimizer(
-            self, hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.warmup_type
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_decay_optimizers(self)
 
     def save_model(self, out_dir: str | Path, tokenizer: Any | None = None) -> Path:
         """Save the re-ranker as a Hugging Face sequence-classification folder (+ tokenizer)."""

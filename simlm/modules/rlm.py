@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from simlm.losses import token_ce
-from simlm.optim import build_optimizer
+from simlm.modules.common import warmup_decay_optimizers
 
 log = logging.getLogger(__name__)
 
@@ -270,14 +269,7 @@ class ReplacedLMModule(pl.LightningModule):
         self._log_all("val", self.compute_losses(batch), batch, sync_dist=True)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        total = int(self.trainer.estimated_stepping_batches)
-        if not math.isfinite(total) or total <= 0:
-            total = max(hp.warmup_steps, 1)
-        optimizer, scheduler = build_optimizer(
-            self, hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.warmup_type
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_decay_optimizers(self)
 
     # ------------------------------------------------------------------ saving
     def save_model(self, out_dir: str | Path, tokenizer: Any | None = None) -> Path:

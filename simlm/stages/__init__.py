@@ -6,10 +6,9 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from simlm.data.io import write_json
 
@@ -79,7 +78,3 @@ def format_metrics(metrics: Metrics, title: str = "") -> str:
 
 def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
-
-
-def to_container(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
