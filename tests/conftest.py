@@ -13,7 +13,18 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = (PROJECT_ROOT / ".." / "shared" / "data" / "scifact").resolve()
+SCIFACT = next(
+    (
+        p.resolve()
+        for p in (
+            Path(os.environ.get("SIMLM_SCIFACT", "/nonexistent")),
+            PROJECT_ROOT / ".." / "shared" / "data" / "scifact",
+            Path("/work/shared/data/scifact"),
+        )
+        if (p / "corpus.jsonl").exists()
+    ),
+    (PROJECT_ROOT / ".." / "shared" / "data" / "scifact").resolve(),
+)
 
 
 @pytest.fixture(scope="session")
