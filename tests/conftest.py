@@ -13,18 +13,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = next(
-    (
-        p.resolve()
-        for p in (
-            Path(os.environ.get("SIMLM_SCIFACT", "/nonexistent")),
-            PROJECT_ROOT / ".." / "shared" / "data" / "scifact",
-            Path("/work/shared/data/scifact"),
-        )
-        if (p / "corpus.jsonl").exists()
-    ),
-    (PROJECT_ROOT / ".." / "shared" / "data" / "scifact").resolve(),
-)
+from benchmarks.common import SCIFACT  # noqa: E402  (one lookup: $SIMLM_SCIFACT, ../shared, /work/shared)
 
 
 @pytest.fixture(scope="session")
