@@ -91,7 +91,42 @@ def _holdout_order(qid: str) -> str:
     return hashlib.sha256(qid.encode("utf-8")).hexdigest()
 
 
-class BiEncoderDataModule(pl.LightningDataModule):
+class CorpusDataModule(pl.LightningDataModule):
+    """What every stage's DataModule shares: the data set's corpus and shuffled/ordered loaders.
+
+    Subclasses set `data`, `train_dataset`, `val_dataset` (or None), `collator`, `batch_size`,
+    `eval_batch_size` and `num_workers` in `__init__`/`setup`.
+    """
+
+    data: RetrievalData | None = None
+
+    @property
+    def corpus(self) -> Corpus:
+        assert self.data is not None, "call setup() first"
+        return self.data.corpus
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            drop_last=len(self.train_dataset) >= self.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_dataset is None:
+            return []
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.eval_batch_size,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+        )
+
+
+class BiEncoderDataModule(CorpusDataModule):
     """Training groups from a SimLM examples file; validation queries/qrels for retrieval evaluation.
 
     `train_file`: SimLM jsonl (BM25 negatives from `stage=bm25`, mined ones from `stage=mine`, SimLM's
@@ -192,29 +227,3 @@ class BiEncoderDataModule(pl.LightningDataModule):
             return self.data.qrels(split)
         examples = self.train_dataset.examples + self.holdout_examples
         return {ex.query_id: dict.fromkeys(ex.positives.doc_ids, 1) for ex in examples}
-
-    @property
-    def corpus(self) -> Corpus:
-        assert self.data is not None, "call setup() first"
-        return self.data.corpus
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            drop_last=len(self.train_dataset) >= self.batch_size,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None:
-            return []
-        return DataLoader(
-            self.val_dataset,
-            batch_size=self.eval_batch_size,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-        )

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from simlm.data.corpus import Corpus
+from simlm.data.datamodules import CorpusDataModule
 from simlm.data.dataset import RetrievalData
 from simlm.models.encoder import load_tokenizer
 
@@ -215,7 +215,7 @@ class PassageDataset(Dataset):
         return {"title": p.title, "text": p.text}
 
 
-class RLMDataModule(pl.LightningDataModule):
+class RLMDataModule(CorpusDataModule):
     """Every passage of `data`'s corpus (title + text), split into training and held-out eval passages.
 
     `num_eval_samples` passages (SimLM: 4096) are held out with SimLM's `random.Random(split_seed)`
@@ -269,28 +269,3 @@ class RLMDataModule(pl.LightningDataModule):
         self.train_dataset = PassageDataset(corpus, train_rows)
         self.val_dataset = PassageDataset(corpus, eval_rows) if len(eval_rows) else None
         log.info("RLM passages: %d train, %d held out", len(train_rows), len(eval_rows))
-
-    @property
-    def corpus(self) -> Corpus:
-        assert self.data is not None, "call setup() first"
-        return self.data.corpus
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            drop_last=len(self.train_dataset) >= self.batch_size,
-        )
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None:
-            return []
-        return DataLoader(
-            self.val_dataset,
-            batch_size=self.eval_batch_size,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-        )
