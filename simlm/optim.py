@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -34,15 +35,28 @@ def build_optimizer(
     warmup_type: str = "log",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    param_lrs: Mapping[str, float] | None = None,
 ):
-    """AdamW (no decay on biases and LayerNorm weights) + the warmup/decay schedule, stepped every optimizer step."""
-    decay, no_decay = [], []
+    """AdamW (no decay on biases and LayerNorm weights) + the warmup/decay schedule, stepped every optimizer step.
+
+    `param_lrs` maps parameter names to their own peak lr (e.g. a newly initialised head); the schedule
+    scales every group alike.
+    """
+    param_lrs = dict(param_lrs or {})
+    unknown = set(param_lrs) - {name for name, _ in module.named_parameters()}
+    if unknown:
+        raise ValueError(f"param_lrs names parameters the module does not have: {sorted(unknown)[:5]}")
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, eps=eps)
+        decays = not (param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name)
+        groups.setdefault((decays, param_lrs.get(name, lr)), []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0, "lr": group_lr}
+        for (decays, group_lr), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps)
     scheduler = LambdaLR(
         optimizer, lambda step: warmup_decay_factor(step, warmup_steps, total_steps, warmup_type)
     )

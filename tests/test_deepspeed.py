@@ -63,8 +63,15 @@ def test_strategy_and_precision_follow_the_device(compose, monkeypatch):
 
 
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize(
+    ("pooling", "passage_format"),
+    [
+        ("cls", "pair"),  # SimLM's settings
+        pytest.param("mean", "concat", marks=pytest.mark.slow),  # sentence-transformers' usual ones
+    ],
+)
 def test_zero2_two_cpu_processes_train_save_and_encode(
-    compose, tiny_bert, small_beir, small_beir_bm25, tmp_path, cache_dir
+    pooling, passage_format, compose, tiny_bert, small_beir, small_beir_bm25, tmp_path, cache_dir
 ):
     from simlm.checkpoints import checkpoint_state_dict, is_deepspeed_checkpoint
     from simlm.models.encoder import TextEncoder, load_tokenizer
@@ -90,8 +97,8 @@ def test_zero2_two_cpu_processes_train_save_and_encode(
         f"stage.module.lr={lr}",
         f"stage.module.warmup_steps={warmup}",
         "stage.final_eval.enabled=false",
-        "model.pooling=cls",  # SimLM's settings, which the pair-format export checks below assume
-        "model.passage_format=pair",
+        f"model.pooling={pooling}",
+        f"model.passage_format={passage_format}",
         "logger=csv",
         f"hydra.run.dir={out}",
     ]
@@ -170,8 +177,11 @@ def test_zero2_two_cpu_processes_train_save_and_encode(
     np.testing.assert_allclose(
         st.encode_query(queries), encode_texts(encoder, tok, queries=queries), atol=1e-5
     )
-    pairs = [(p.title, p.text) if p.title else p.text for p in passages]
-    np.testing.assert_allclose(st.encode_document(pairs), expected, atol=1e-5)
+    if passage_format == "pair":
+        docs = [(p.title, p.text) if p.title else p.text for p in passages]
+    else:
+        docs = [f"{p.title} {p.text}" if p.title else p.text for p in passages]
+    np.testing.assert_allclose(st.encode_document(docs), expected, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -139,6 +139,31 @@ def test_listwise_ce_and_rdrop_through_the_module(tiny_reranker):
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_head_lr_applies_to_the_newly_initialised_head_only(tiny_bert, tiny_reranker):
+    from simlm.optim import build_optimizer
+
+    module = CrossEncoderReranker(str(tiny_bert), lr=1e-5, head_lr=1e-3)  # a masked LM: no pooler, no head
+    new = {
+        f"model.{part}.{kind}" for part in ("classifier", "bert.pooler.dense") for kind in ("weight", "bias")
+    }
+    assert set(module.param_lrs) == new
+    optimizer, scheduler = build_optimizer(module, 1e-5, 0.01, 2, 10, "linear", param_lrs=module.param_lrs)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    head_w, head_b = module.model.classifier.weight, module.model.classifier.bias
+    word_emb = module.model.bert.embeddings.word_embeddings.weight
+    assert group_of[id(head_w)]["lr"] == pytest.approx(1e-3 * 0.5)  # warmup step 0 of 2, linear
+    assert group_of[id(word_emb)]["lr"] == pytest.approx(1e-5 * 0.5)
+    assert group_of[id(head_w)]["weight_decay"] == 0.01 and group_of[id(head_b)]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(module.parameters()))
+    optimizer.step()
+    scheduler.step()  # the schedule scales every group alike
+    assert group_of[id(head_b)]["lr"] / group_of[id(word_emb)]["lr"] == pytest.approx(100.0)
+
+    assert CrossEncoderReranker(str(tiny_reranker), head_lr=1e-3).param_lrs == {}  # a trained head
+    with pytest.raises(ValueError, match="param_lrs names parameters"):
+        build_optimizer(module, 1e-5, 0.0, 0, 10, param_lrs={"model.nope": 1.0})
+
+
 def test_forward_factor_trains_on_the_positive_and_the_hardest_negatives(tiny_reranker):
     _, tokenizer = load_reranker(str(tiny_reranker))
     groups, n, f = 4, 8, 2

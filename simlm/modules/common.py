@@ -13,14 +13,21 @@ from simlm.optim import build_optimizer
 def warmup_decay_optimizers(module: pl.LightningModule) -> dict[str, Any]:
     """`configure_optimizers` output: AdamW + SimLM's warmup/linear-decay schedule stepped every step.
 
-    Reads `lr`, `weight_decay`, `warmup_steps` and `warmup_type` from the module's hyper-parameters.
+    Reads `lr`, `weight_decay`, `warmup_steps` and `warmup_type` from the module's hyper-parameters, and
+    per-parameter peak lrs from the module's `param_lrs` attribute when it has one.
     """
     hp = module.hparams
     total = int(module.trainer.estimated_stepping_batches)
     if not math.isfinite(total) or total <= 0:
         total = max(hp.warmup_steps, 1)
     optimizer, scheduler = build_optimizer(
-        module, hp.lr, hp.weight_decay, hp.warmup_steps, total, hp.warmup_type
+        module,
+        hp.lr,
+        hp.weight_decay,
+        hp.warmup_steps,
+        total,
+        hp.warmup_type,
+        param_lrs=getattr(module, "param_lrs", None),
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

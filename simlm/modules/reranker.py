@@ -23,6 +23,7 @@ class CrossEncoderReranker(pl.LightningModule):
     negatives). `rdrop`: the kept rows run twice (two dropout samples) and the loss is
     `simlm.losses.rdrop_loss` (CE on both + `rdrop_weight` x symmetric KL). Validation scores the
     datamodule's `val_pairs` and logs `val/mrr@10` and `val/ndcg@10` of the re-ranked `val_run`.
+    `head_lr`: peak lr of the weights the checkpoint lacked (a fresh classification head); default `lr`.
     """
 
     def __init__(
@@ -35,12 +36,16 @@ class CrossEncoderReranker(pl.LightningModule):
         forward_factor: int = 1,
         rdrop: bool = True,
         rdrop_weight: float = 1.0,
+        head_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if forward_factor < 1:
             raise ValueError(f"forward_factor must be >= 1, got {forward_factor}")
-        self.model = load_reranker_model(model_name_or_path)
+        self.model, new_weights = load_reranker_model(model_name_or_path, with_new_weights=True)
+        # a checkpoint without a classification head gets a random one: `head_lr` lets it catch up
+        # with the pretrained encoder in short schedules (SimLM trains one lr for thousands of steps)
+        self.param_lrs = {f"model.{name}": head_lr for name in new_weights} if head_lr else {}
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
         self._val_index: list[Tensor] = []
         self._val_scores: list[Tensor] = []

@@ -34,12 +34,21 @@ def passage_text(title: str, text: str) -> str:
     return f"{title}: {text}" if title else text
 
 
-def load_reranker_model(name_or_path: str) -> torch.nn.Module:
+def load_reranker_model(name_or_path: str, with_new_weights: bool = False) -> Any:
     """`AutoModelForSequenceClassification` with one logit (hub id or folder; encoder-only checkpoints such
-    as ELECTRA's discriminator or BERT/MiniLM get a newly initialised head)."""
+    as ELECTRA's discriminator or BERT/MiniLM get a newly initialised head).
+
+    `with_new_weights`: return `(model, names)`, the names of the parameters the checkpoint did not hold.
+    """
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=1)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(name_or_path), num_labels=1, output_loading_info=True
+    )
+    if not with_new_weights:
+        return model
+    params = {name for name, _ in model.named_parameters()}
+    return model, sorted(set(info.get("missing_keys") or ()) & params)
 
 
 def load_reranker(name_or_path: str) -> tuple[torch.nn.Module, Any]:
