@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,14 @@ def test_experiment_runs_two_steps_with_a_tiny_model(
             "stage.module.generator.freeze=false",  # no ELECTRA generator offline
             "stage.datamodule.num_eval_samples=16",
         ]
+    if stage == "pipeline":  # every step, 2 training steps each
+        overrides += [f"stage.work_dir={tmp_path / 'work'}"]
     cfg = compose(*overrides, output_dir=tmp_path / name)
     assert cfg.stage.name == stage  # the recipe's stage survives the tiny overrides
     run_stage(cfg)
     assert (Path(cfg.paths.output_dir) / "metrics.json").is_file()
-    if stage != "bm25":
+    if stage == "pipeline":
+        rows = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())["rows"]
+        assert [r["step"] for r in rows][-1] == "kd_biencoder"
+    elif stage != "bm25":
         assert (Path(cfg.paths.output_dir) / "model").is_dir()

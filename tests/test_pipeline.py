@@ -102,3 +102,26 @@ def test_pipeline_resumes_after_being_killed_mid_stage(tmp_path, small_beir, tin
     assert markers(work)["bm25"] == bm25_marker  # not redone
     assert set(markers(work)) == {"bm25", "retriever1"}
     assert "Retriever 1" in (work / "results.md").read_text()
+
+
+def test_the_main_job_is_the_demo_pipeline_with_cpu_budgets(compose):
+    """`python run.py` with no arguments: every step on the demo data, with the small demo budgets;
+    `stage=pipeline` keeps SimLM's own stage settings (only BM25's train depth is set)."""
+    main = compose()
+    assert main.stage.name == "pipeline" and main.data.name == "demo"
+    assert list(main.stage.steps) == [
+        "bm25",
+        "zeroshot",
+        "retriever1",
+        "retriever2",
+        "reranker",
+        "rerank",
+        "teacher_scores",
+        "kd_biencoder",
+    ]
+    budgets = main.stage.step_overrides
+    for step in ("retriever1", "retriever2", "kd_biencoder"):
+        assert budgets[step].stage.datamodule.max_train_examples <= 512
+    assert budgets.reranker.stage.module.head_lr > budgets.reranker.stage.module.lr  # a fresh head
+    full = compose("stage=pipeline")
+    assert set(full.stage.step_overrides) == {"bm25"}
