@@ -40,6 +40,7 @@ from simlm.models.encoder import (
     tokenize_passages,
     tokenize_queries,
 )
+from simlm.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _encode_features(
     batch_size: int,
     device: torch.device,
     fp16: bool,
-    progress: bool,
+    progress: bool | None,
 ) -> np.ndarray:
     """Encode unpadded features longest-first (little padding) and return float32 rows in input order."""
     n = len(features["input_ids"])
@@ -173,11 +174,9 @@ def _encode_features(
         if fp16 and device.type == "cuda"
         else contextlib.nullcontext()
     )
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="encode", unit="batch")
+    starts = progress_bar(
+        range(0, n, batch_size), "encode queries" if is_query else "encode passages", progress
+    )
     was_training = encoder.training
     encoder.eval()
     try:
@@ -210,7 +209,7 @@ def encode_texts(
     batch_size: int = 128,
     device: str | torch.device | None = None,
     fp16: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """Embeddings `[n, dim]` float32 of `queries`, or of passages (`texts` with optional `titles`).
 
@@ -391,7 +390,7 @@ def encode_corpus_to_shards(
     device: str | torch.device | None = None,
     fp16: bool = False,
     model_name: str | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> EncodeSummary:
     """Encode this rank's contiguous slice of `corpus` into `.npy` shards under `out_dir`; resumable.
 

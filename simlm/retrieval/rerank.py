@@ -21,6 +21,7 @@ import torch
 
 from simlm.data.corpus import Corpus
 from simlm.data.formats import Run, rank_scores, run_score
+from simlm.progress import progress_bar
 from simlm.retrieval.encoding import dist_rank_world, rank_slice
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,12 @@ def score_texts(
     max_length: int = MAX_LENGTH,
     batch_size: int = 128,
     fp16: bool = False,
+    progress: bool | None = None,
 ) -> np.ndarray:
     """Raw logits `[n]` (float32) of (query, passage) text pairs, in input order; length-sorted batches.
 
     Runs in eval mode under `torch.inference_mode` on the model's device (the previous mode is restored).
-    `fp16` enables float16 autocast on CUDA (ignored elsewhere).
+    `fp16` enables float16 autocast on CUDA (ignored elsewhere). `progress`: see `simlm.progress`.
     """
     n = len(queries)
     if n != len(passages):
@@ -122,7 +124,7 @@ def score_texts(
     model.eval()
     try:
         with torch.inference_mode(), autocast:
-            for start in range(0, n, batch_size):
+            for start in progress_bar(range(0, n, batch_size), "score pairs", progress):
                 idx = order[start : start + batch_size]
                 batch = {k: t.to(device) for k, t in _pad_rows(features, idx, tokenizer.pad_token_id).items()}
                 out[idx] = model(**batch).logits[:, 0].float().cpu().numpy()

@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> Metrics:
             device=device,
             fp16=fp16,
             model_name=str(cfg.model.name_or_path),
-            progress=bool(stage.get("progress", False)),
+            progress=stage.get("progress"),
         )
         seconds = time.perf_counter() - started
     finally:
