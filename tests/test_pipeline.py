@@ -133,12 +133,25 @@ def test_the_main_job_runs_and_its_dense_stages_beat_zero_shot(tmp_path, cache_d
     """`python run.py` exactly as a user runs it (MiniLM, demo data, CPU): the table prints, and every
     fine-tuned bi-encoder beats the zero-shot model it started from."""
     work = tmp_path / "work"
-    cmd = [sys.executable, str(PROJECT_ROOT / "run.py"), f"stage.work_dir={work}", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "run.py"),
+        f"stage.work_dir={work}",
+        f"hydra.run.dir={tmp_path}",
+    ]
     env = {**os.environ, "SIMLM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "SimLM pipeline on demo (test)" in res.stdout
     rows = {r["step"]: r for r in json.loads((work / "results.json").read_text())["rows"]}
-    assert list(rows) == ["bm25", "zeroshot", "retriever1", "retriever2", "reranker", "rerank", "kd_biencoder"]
+    assert list(rows) == [
+        "bm25",
+        "zeroshot",
+        "retriever1",
+        "retriever2",
+        "reranker",
+        "rerank",
+        "kd_biencoder",
+    ]
     for step in ("retriever1", "retriever2", "kd_biencoder"):
         assert rows[step]["ndcg@10"] > rows["zeroshot"]["ndcg@10"], (step, rows)
