@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from simlm.stages import run_stage
 from tests.conftest import PROJECT_ROOT
@@ -125,6 +126,36 @@ def test_the_main_job_is_the_demo_pipeline_with_cpu_budgets(compose):
     assert budgets.reranker.stage.module.head_lr > budgets.reranker.stage.module.lr  # a fresh head
     full = compose("stage=pipeline")
     assert set(full.stage.step_overrides) == {"bm25"}
+
+
+def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, small_beir, tiny_bert):
+    """The main job's config end to end (2 training steps per stage, tiny model, small data)."""
+    work = tmp_path / "work"
+    cfg = compose(
+        "data=beir",
+        f"data.root={small_beir}",
+        "data.name=small",
+        f"model.name_or_path={tiny_bert}",
+        f"stage.work_dir={work}",
+        "++trainer.limit_train_batches=2",  # epochs end, so the re-ranker's validation runs
+        "++trainer.limit_val_batches=2",
+        output_dir=tmp_path / "run",
+    )
+    run_stage(cfg)
+    rows = {r["step"]: r for r in json.loads((work / "results.json").read_text())["rows"]}
+    assert list(rows) == [
+        "bm25",
+        "zeroshot",
+        "retriever1",
+        "retriever2",
+        "reranker",
+        "rerank",
+        "kd_biencoder",
+    ]
+    assert (work / "teacher_scores" / "kd_train.jsonl").is_file()
+    kd = OmegaConf.load(work / "kd_biencoder" / "config.yaml")  # the step ran with the demo budget
+    assert kd.model.p_max_len == 64 and kd.stage.train_n_passages == 4
+    assert kd.stage.callbacks.retrieval_evaluation.enabled is False
 
 
 @pytest.mark.slow
