@@ -115,13 +115,17 @@ class CorpusDataModule(pl.LightningDataModule):
             drop_last=len(self.train_dataset) >= self.batch_size,
         )
 
+    def val_collator(self) -> Any:
+        """How validation items become batches (the training collator unless a subclass says otherwise)."""
+        return self.collator
+
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:
             return []
         return DataLoader(
             self.val_dataset,
             batch_size=self.eval_batch_size,
-            collate_fn=self.collator,
+            collate_fn=self.val_collator(),
             num_workers=self.num_workers,
         )
 

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from simlm.data.datamodules import BiEncoderDataModule, _holdout_order
 from simlm.data.formats import Run, read_run
@@ -152,12 +152,6 @@ class RerankerDataModule(BiEncoderDataModule):
 
         return BM25Retriever().index(self.corpus).search(self.val_queries, top_k=self.val_depth)
 
-    def val_dataloader(self) -> DataLoader | list:
-        if self.val_dataset is None:
-            return []
-        return DataLoader(
-            self.val_dataset,
-            batch_size=self.eval_batch_size,
-            collate_fn=PairCollator(self.tokenizer, self.max_length),
-            num_workers=self.num_workers,
-        )
+    def val_collator(self) -> PairCollator:
+        """Validation scores single (query, passage) candidates of the run, not groups."""
+        return PairCollator(self.tokenizer, self.max_length)
