@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from simlm.stages import run_stage
+from simlm.stages.pipeline import config_hash
 from tests.conftest import PROJECT_ROOT
 
 TRAIN = ("trainer.max_epochs=1", "+trainer.limit_train_batches=4")
@@ -83,6 +84,17 @@ def test_pipeline_chains_stages_and_skips_complete_ones(compose, tmp_path, small
     after = markers(work)
     assert after["bm25"] == before["bm25"]
     assert all(after[s] != before[s] for s in ("retriever1", "retriever2"))
+
+
+def test_step_hash_ignores_where_outputs_and_caches_live_but_not_what_is_computed(compose, tmp_path):
+    base = compose("stage=bm25")
+    digest = config_hash(base, "")
+    moved = compose("stage=bm25", f"paths.cache_dir={tmp_path / 'other-cache'}", output_dir=tmp_path / "o")
+    assert moved.data.cache_dir != base.data.cache_dir
+    assert config_hash(moved, "") == digest
+    assert config_hash(compose("stage=bm25", "stage.top_k=7"), "") != digest
+    assert config_hash(compose("stage=bm25", "data.name=other"), "") != digest
+    assert config_hash(base, "an earlier step changed") != digest
 
 
 @pytest.mark.timeout(900)

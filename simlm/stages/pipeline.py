@@ -193,13 +193,17 @@ def config_hash(sub: DictConfig, previous: str) -> str:
     """Hash of what a step's result depends on, chained with the hash of the steps before it.
 
     Every stage depends on `stage`, `data`, `model` and `seed`; training stages also on `trainer` and
-    `callbacks`. Loggers and paths do not change results, so changing them does not redo a step.
+    `callbacks`. Loggers, paths and where the data cache lives (`data.cache_dir`, e.g. `$SIMLM_CACHE`)
+    do not change results, so changing them does not redo a step.
     """
     keys = ["stage", "data", "model", "seed"]
     if sub.stage.entry == "simlm.stages.train.run":
         keys += ["trainer", "callbacks"]
     resolved = OmegaConf.to_container(sub, resolve=True)
-    text = json.dumps({k: resolved.get(k) for k in keys}, sort_keys=True, default=str)
+    hashed = {k: resolved.get(k) for k in keys}
+    if isinstance(hashed["data"], dict):
+        hashed["data"] = {k: v for k, v in hashed["data"].items() if k != "cache_dir"}
+    text = json.dumps(hashed, sort_keys=True, default=str)
     return hashlib.sha256((previous + "\n" + text).encode("utf-8")).hexdigest()
 
 
