@@ -50,7 +50,8 @@ def load_passages(name: str) -> list[str] | None:
 
 def run_ours(model_path: str, texts: list[str]) -> tuple[float, np.ndarray]:
     from simlm.data.corpus import Corpus, Passage
-    from simlm.retrieval.encoding import encode_corpus_to_shards, load_encoder
+    from simlm.models.encoder import load_encoder
+    from simlm.retrieval.store import encode_corpus_to_shards
 
     encoder, tokenizer = load_encoder(
         {"name_or_path": model_path, "pooling": "mean", "l2_normalize": True, "p_max_len": MAX_LEN}

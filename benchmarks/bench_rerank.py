@@ -53,7 +53,8 @@ def save_classifier(src: str, out: str) -> None:
 
 
 def run_ours(model_dir: str, pairs, corpus) -> tuple[float, np.ndarray]:
-    from simlm.retrieval.rerank import load_reranker, score_pairs
+    from simlm.models.cross_encoder import load_reranker
+    from simlm.retrieval.rerank import score_pairs
 
     model, tokenizer = load_reranker(model_dir)
     start = time.perf_counter()
@@ -62,7 +63,7 @@ def run_ours(model_dir: str, pairs, corpus) -> tuple[float, np.ndarray]:
 
 
 def texts_of(pairs, corpus) -> tuple[list[str], list[str]]:
-    from simlm.retrieval.rerank import passage_text
+    from simlm.models.cross_encoder import passage_text
 
     docs = corpus.passages([corpus.row(d) for _, d in pairs])
     return [q for q, _ in pairs], [passage_text(p.title, p.text) for p in docs]

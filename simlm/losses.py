@@ -1,4 +1,4 @@
-"""Pure loss functions of SimLM (spec sections 2.5, 3.2, 4.2 and 12).
+"""Pure loss functions of SimLM (paper sections 3-4 and the original trainers).
 
 Everything here is a function of tensors only; the one piece of process state that is read is the
 world size / rank (through :mod:`simlm.distributed`) inside :func:`contrastive_loss`.
@@ -54,7 +54,7 @@ def contrastive_targets(
 
 
 def contrastive_logits(q: Tensor, p: Tensor, n: int, temperature: float, full: bool = True) -> Tensor:
-    """SimLM's (full) contrastive score matrix, spec section 2.5.
+    """SimLM's (full) contrastive score matrix (`src/utils.py` of the original).
 
     Args:
         q: query embeddings ``[N, d]`` (all queries of the global batch).
@@ -118,7 +118,7 @@ def contrastive_loss(
     mask_own_hard_negatives: bool = False,
     scale: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """SimLM's bi-encoder contrastive loss over the all-gathered batch (spec 2.5, 4.2, 12.6).
+    """SimLM's bi-encoder contrastive loss over the all-gathered batch (the original `src/models/biencoder_model.py`).
 
     ``q_local [B, d]`` and ``p_local [B*n, d]`` are this rank's embeddings; every rank must have the
     same B. They are gathered with :func:`~simlm.distributed.gather_with_grad` (only the local slice is
@@ -201,7 +201,7 @@ def temperature_at(step: int, warmup_steps: int, t: float, t_warmup: bool) -> fl
 
 
 def kd_loss(student_group_logits: Tensor, teacher_scores: Tensor) -> Tensor:
-    """KL(teacher ‖ student) with batchmean (spec 4.2).
+    """KL(teacher ‖ student) with batchmean (the original KD loss).
 
     ``student_group_logits [B, n]`` are already divided by τ; ``teacher_scores [B, n]`` are raw teacher
     logits (temperature 1). Returns (1/B) Σ_i Σ_m p^T_im (log p^T_im − log p^S_im).
@@ -217,7 +217,7 @@ def listwise_ce(group_logits: Tensor) -> Tensor:
 
 
 def rdrop_loss(logits_a: Tensor, logits_b: Tensor, weight: float = 1.0) -> Tensor:
-    """Re-ranker loss with R-Drop (spec 3.2) on two dropout passes ``[B, n]`` of the same groups.
+    """Re-ranker loss with R-Drop (Liang et al., 2021; the original re-ranker trainer) on two dropout passes ``[B, n]`` of the same groups.
 
     0.5·(CE_a + CE_b) + weight·0.5·(KL(p_b‖p_a) + KL(p_a‖p_b)), both KLs with batchmean over the group
     distributions and CE the listwise CE with the positive at index 0.
@@ -233,7 +233,7 @@ def rdrop_loss(logits_a: Tensor, logits_b: Tensor, weight: float = 1.0) -> Tenso
 
 @torch.no_grad()
 def select_hard_passages(scores: Tensor, keep: int) -> Tensor:
-    """Re-ranker forward-factor selection (spec 3.2): indices ``[B, keep]`` of the passages to train on.
+    """Re-ranker forward-factor selection (the original `src/models/cross_encoder_model.py`): indices ``[B, keep]`` of the passages to train on.
 
     The positive (index 0) is forced to +inf, then the ``keep`` highest scores of each row are taken in
     descending order, so column 0 of the result is always 0, followed by the hardest negatives.

@@ -76,7 +76,8 @@ def test_zero2_two_cpu_processes_train_save_and_encode(
     from simlm.checkpoints import checkpoint_state_dict, is_deepspeed_checkpoint
     from simlm.models.encoder import TextEncoder, load_tokenizer
     from simlm.optim import warmup_decay_factor
-    from simlm.retrieval.encoding import encode_texts, load_shards
+    from simlm.retrieval.encoding import encode_texts
+    from simlm.retrieval.store import load_shards
 
     out = tmp_path / "ds"
     lr, warmup = 1e-3, 5

@@ -15,20 +15,15 @@ from simlm.data.formats import read_run
 from simlm.models.encoder import (
     SETTINGS_FILE,
     TextEncoder,
+    load_encoder,
     load_tokenizer,
     tokenize_passages,
     tokenize_queries,
 )
 from simlm.retrieval import index as index_module
-from simlm.retrieval.encoding import (
-    EmbeddingMismatchError,
-    encode_corpus_to_shards,
-    encode_texts,
-    load_encoder,
-    load_shards,
-    read_manifest,
-)
+from simlm.retrieval.encoding import encode_texts
 from simlm.retrieval.index import search, to_run
+from simlm.retrieval.store import EmbeddingMismatchError, encode_corpus_to_shards, load_shards, read_manifest
 from simlm.stages import run_stage
 
 N_PASSAGES = 300

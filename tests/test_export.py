@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from simlm.models.encoder import TextEncoder, load_tokenizer
-from simlm.retrieval.encoding import encode_texts, load_shards
+from simlm.retrieval.encoding import encode_texts
+from simlm.retrieval.store import load_shards
 from simlm.stages import run_stage
 
 QUERIES = ["open a file", "how do i parse a json document " * 6, "sort a list in place"]  # one > q_max_len

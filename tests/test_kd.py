@@ -14,9 +14,10 @@ from simlm.data.corpus import Corpus, Passage
 from simlm.data.datamodules import GroupDataset
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples
 from simlm.data.sampling import sample_group
+from simlm.models.cross_encoder import load_reranker, passage_text
 from simlm.models.encoder import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
 from simlm.modules.biencoder import BiEncoderModule
-from simlm.retrieval.rerank import load_reranker, passage_text, score_texts
+from simlm.retrieval.rerank import score_texts
 from simlm.stages import run_stage
 from tests.conftest import PROJECT_ROOT
 from tests.test_reranker import build_tiny_reranker, texts

@@ -11,14 +11,9 @@ import pytest
 import torch
 
 from simlm.data.formats import read_run
+from simlm.models.cross_encoder import load_reranker, passage_text, tokenize_pairs
 from simlm.modules.reranker import CrossEncoderReranker
-from simlm.retrieval.rerank import (
-    load_reranker,
-    merge_reranked,
-    passage_text,
-    score_texts,
-    tokenize_pairs,
-)
+from simlm.retrieval.rerank import merge_reranked, score_texts
 from simlm.stages import run_stage
 
 MAX_LEN = 64

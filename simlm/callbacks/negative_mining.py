@@ -8,11 +8,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from simlm.checkpoints import load_best_weights
-from simlm.data.formats import Qrels, write_examples
-from simlm.data.io import write_json
-from simlm.retrieval.encoding import encode_corpus_to_shards, encode_texts, load_shards
-from simlm.retrieval.index import search, to_run
-from simlm.retrieval.mining import MiningConfig, mine_examples
+from simlm.data.formats import Qrels
+from simlm.retrieval.dense import dense_retrieve
+from simlm.retrieval.mining import MiningConfig, mine, write_mined
+from simlm.retrieval.store import encode_corpus_to_shards, load_shards
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +73,17 @@ class NegativeMining(pl.Callback):
         examples = dm.train_dataset.examples + dm.holdout_examples
         queries = {ex.query_id: ex.query for ex in examples}
         qrels: Qrels = dm.train_qrels()
-        qids = list(queries)
-        q_emb = encode_texts(
-            pl_module.encoder, tokenizer, queries=[queries[q] for q in qids], batch_size=self.batch_size
+        run = dense_retrieve(
+            pl_module.encoder,
+            tokenizer,
+            corpus,
+            queries,
+            self.mining.depth,
+            batch_size=self.batch_size,
+            backend=self.backend,
+            shards=load_shards(emb_dir),
         )
-        scores, rows = search(
-            q_emb, load_shards(emb_dir), top_k=min(self.mining.depth, len(corpus)), backend=self.backend
-        )
-        run = to_run(qids, scores, rows, corpus)
-        mined, stats = mine_examples(run, qrels, queries, corpus, self.mining)
+        mined, stats = mine(run, queries, corpus, self.mining, qrels=qrels)
         self.embeddings_dir = emb_dir
-        self.output_file = self.out_dir / "train.jsonl"
-        write_examples(self.output_file, mined)
-        write_json(self.out_dir / "mining_stats.json", stats)
+        self.output_file = write_mined(self.out_dir, "train", mined, stats)
         log.info("mined %d examples into %s (%s)", len(mined), self.output_file, stats)

@@ -9,9 +9,8 @@ import pytorch_lightning as pl
 import torch
 
 from simlm.evaluation import evaluate_run
-from simlm.retrieval.dense import sub_corpus_rows
+from simlm.retrieval.dense import dense_retrieve, sub_corpus_rows
 from simlm.retrieval.encoding import encode_texts
-from simlm.retrieval.index import search, to_run
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +60,21 @@ class RetrievalEvaluation(pl.Callback):
         rows = sub_corpus_rows(dm.corpus, dm.val_qrels, self.max_passages)
         rows = np.arange(len(dm.corpus), dtype=np.int64) if rows is None else rows
         p_emb = self._encode_passages(trainer, pl_module, rows)
-        qids = list(dm.val_queries)
-        q_emb = encode_texts(
+        # every rank encodes the queries too (ZeRO-3 needs every rank in every forward pass)
+        run = dense_retrieve(
             pl_module.encoder,
             dm.tokenizer,
-            queries=[dm.val_queries[q] for q in qids],
+            dm.corpus,
+            dm.val_queries,
+            self.top_k,
+            rows=rows,
             batch_size=self.batch_size,
+            backend=self.backend,
+            shards=[(rows, p_emb)],
         )
         if not trainer.is_global_zero:
             return None
-        scores, found = search(q_emb, [(rows, p_emb)], top_k=min(self.top_k, len(rows)), backend=self.backend)
-        m = evaluate_run(to_run(qids, scores, found, dm.corpus), dm.val_qrels)
+        m = evaluate_run(run, dm.val_qrels)
         return {"val/ndcg@10": m["ndcg@10"], "val/mrr@10": m["mrr@10"], "val/recall@100": m["recall@100"]}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

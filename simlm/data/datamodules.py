@@ -15,13 +15,13 @@ from simlm.data.corpus import Corpus
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import Qrels, ScoredDocs, TrainingExample, read_examples
 from simlm.data.sampling import sample_group
-from simlm.models.encoder import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
+from simlm.data.tokenization import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
 
 log = logging.getLogger(__name__)
 
 
 class GroupDataset(Dataset):
-    """Examples -> `{query, titles, texts, scores}` groups sampled for the current epoch (SimLM spec 2.2)."""
+    """Examples -> `{query, titles, texts, scores}` groups sampled for the current epoch (as SimLM's data loader)."""
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from simlm.data.corpus import Corpus
+from simlm.data.download import BEIR_URL_DEFAULT, fetch_beir
 from simlm.data.errors import EmptySplitError
 from simlm.data.formats import (
     Qrels,
@@ -20,7 +21,6 @@ from simlm.data.formats import (
 )
 
 LAYOUTS = ("beir", "msmarco", "demo")
-BEIR_URL_DEFAULT = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 
 
 def _first_existing(root: Path, names: list[str]) -> Path | None:
@@ -61,8 +61,6 @@ class RetrievalData:
 
             root = ensure_demo_dataset(data_cfg.cache_dir)
         if root is None and layout == "beir" and data_cfg.get("name") not in (None, "beir"):
-            from simlm.data.download import fetch_beir
-
             root = fetch_beir(
                 str(data_cfg.name), data_cfg.cache_dir, data_cfg.get("url", None) or BEIR_URL_DEFAULT
             )

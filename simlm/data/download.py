@@ -15,9 +15,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from simlm.data.dataset import BEIR_URL_DEFAULT as BEIR_URL
-
 log = logging.getLogger(__name__)
+
+BEIR_URL_DEFAULT = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 
 SIMLM_MSMARCO_URL = "https://huggingface.co/datasets/intfloat/simlm-msmarco/resolve/main/{name}.zip"
 SIMLM_MSMARCO_ZIPS = ("msmarco_bm25_official", "msmarco_distillation", "msmarco_reranker")
@@ -88,7 +88,7 @@ def extract(archive: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def fetch_beir(name: str, cache_dir: str | Path, url_template: str = BEIR_URL) -> Path:
+def fetch_beir(name: str, cache_dir: str | Path, url_template: str = BEIR_URL_DEFAULT) -> Path:
     """The BEIR data set `name` (e.g. `scifact`) under `<cache_dir>/beir/<name>`, downloaded on first use."""
     root = Path(cache_dir) / "beir"
     target = root / name
@@ -103,7 +103,7 @@ def fetch_simlm_msmarco(
     names: tuple[str, ...] = SIMLM_MSMARCO_ZIPS,
     url_template: str = SIMLM_MSMARCO_URL,
 ) -> list[Path]:
-    """SimLM's preprocessed MS MARCO folders (spec 7.1) under `out_dir`."""
+    """SimLM's preprocessed MS MARCO folders under `out_dir`."""
     out = []
     for name in names:
         archive = download(url_template.format(name=name), Path(out_dir) / f"{name}.zip")

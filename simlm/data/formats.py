@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simlm.data.answers import parse_answers
 from simlm.data.corpus import Corpus, CorpusBuilder
 from simlm.data.errors import DataFormatError
 from simlm.data.io import atomic_write, iter_jsonl, iter_tsv, open_text, require
@@ -94,7 +95,6 @@ def read_qa_queries_tsv(path: str | Path) -> tuple[dict[str, str], dict[str, lis
 
     As in SimLM/DPR the question text is the query id; repeated questions keep their first line.
     """
-    from simlm.evaluation.answers import parse_answers
 
     queries: dict[str, str] = {}
     answers: dict[str, list[str]] = {}
@@ -286,6 +286,11 @@ def rank_scores(scores: Iterable[tuple[str, float]], top_k: int | None = None) -
     """Sort `(doc_id, score)` pairs best first, breaking score ties by doc id; keep the top `top_k`."""
     ranked = sorted(scores, key=lambda ds: (-ds[1], doc_id_order(ds[0])))
     return ranked if top_k is None else ranked[:top_k]
+
+
+def rerank_candidates(run: Run, depth: int) -> list[tuple[str, str]]:
+    """The `(qid, doc id)` pairs a re-ranker scores: each query's top `depth`, queries in string order (as SimLM)."""
+    return [(qid, doc_id) for qid in sorted(run) for doc_id, _ in run[qid][:depth]]
 
 
 RUN_FORMATS = ("trec", "msmarco")

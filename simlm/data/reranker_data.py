@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import Dataset
 
 from simlm.data.datamodules import BiEncoderDataModule, _holdout_order
-from simlm.data.formats import Run, read_run
-from simlm.retrieval.rerank import MAX_LENGTH, passage_text, rerank_candidates, tokenize_pairs
+from simlm.data.formats import Run, read_run, rerank_candidates
+from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class RerankerDataModule(BiEncoderDataModule):
     """Training groups of 1 positive + (n-1) negatives as cross-encoder pairs; validation re-ranks a run.
 
     The validation run covers the validation queries (`data.val_split`, or held-out training queries):
-    `val_run_file` (any TREC/MS MARCO run over them, e.g. from stage=search or stage=bm25), else BM25
-    top-`val_depth` computed at setup. Its top `val_depth` candidates per query are scored every
+    `val_run_file` (any TREC/MS MARCO run over them, e.g. from stage=search or stage=bm25), else the
+    top-`val_depth` of `val_retriever` (the stage config's BM25: any object with
+    `index(corpus).search(queries, top_k)`) computed at setup. Its top `val_depth` candidates per query are scored every
     validation epoch; `val_max_queries` keeps a fixed, hash-chosen subset of the queries (MS MARCO's
     6,980 dev queries x 200 candidates would make validation as long as an epoch).
     """
@@ -94,6 +95,7 @@ class RerankerDataModule(BiEncoderDataModule):
         val_run_file: str | None = None,
         val_depth: int = 100,
         val_max_queries: int | None = None,
+        val_retriever: Any | None = None,
     ) -> None:
         super().__init__(
             data,
@@ -113,6 +115,7 @@ class RerankerDataModule(BiEncoderDataModule):
         self.val_run_file = val_run_file
         self.val_depth = val_depth
         self.val_max_queries = val_max_queries
+        self.val_retriever = val_retriever
         self.val_run: Run = {}
         self.val_pairs: list[tuple[str, str]] = []
 
@@ -148,9 +151,12 @@ class RerankerDataModule(BiEncoderDataModule):
                     f"{self.val_run_file} ranks none of the {len(self.val_queries)} validation queries"
                 )
             return run
-        from simlm.retrieval.bm25 import BM25Retriever
-
-        return BM25Retriever().index(self.corpus).search(self.val_queries, top_k=self.val_depth)
+        if self.val_retriever is None:
+            raise ValueError(
+                "the re-ranker's validation needs stage.datamodule.val_run_file=<a run over the validation "
+                "queries> or a stage.datamodule.val_retriever (conf/stage/reranker.yaml: BM25)"
+            )
+        return self.val_retriever.index(self.corpus).search(self.val_queries, top_k=self.val_depth)
 
     def val_collator(self) -> PairCollator:
         """Validation scores single (query, passage) candidates of the run, not groups."""

@@ -1,6 +1,6 @@
 """RLM pre-training data: corpus passages, SimLM's whole-word masking collator and the LightningDataModule.
 
-Masking follows SimLM spec 1.3: per sequence, whole words are drawn in shuffled order until the budget
+Masking follows SimLM's `src/collators/collator_utils.py`: per sequence, whole words are drawn in shuffled order until the budget
 round(L * p) is reached (a word that would exceed it is skipped); the decoder mask is the encoder mask
 united with an independent mask of probability (p_dec - p_enc) / (1 - p_enc); masked positions become
 [MASK] (SimLM's script) or follow BERT's 80/10/10 rule.
@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from simlm.data.corpus import Corpus
 from simlm.data.datamodules import CorpusDataModule
 from simlm.data.dataset import RetrievalData
-from simlm.models.encoder import load_tokenizer
+from simlm.data.tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
 

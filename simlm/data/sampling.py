@@ -1,4 +1,5 @@
-"""Epoch-seeded groups of one positive + (n-1) negatives, exactly as SimLM samples them (spec 2.2)."""
+"""Epoch-seeded groups of one positive + (n-1) negatives, exactly as SimLM samples them
+(`src/loaders/loader_utils.py` of the original)."""
 
 from __future__ import annotations
 

@@ -2,12 +2,14 @@
 
 from simlm.evaluation.answers import SimpleTokenizer, has_answer, normalize_text, parse_answers
 from simlm.evaluation.metrics import Qrels, Run, answer_accuracy, evaluate_run, mrr_at_k, trec_metrics
+from simlm.evaluation.split import evaluate
 
 __all__ = [
     "Qrels",
     "Run",
     "SimpleTokenizer",
     "answer_accuracy",
+    "evaluate",
     "evaluate_run",
     "has_answer",
     "mrr_at_k",

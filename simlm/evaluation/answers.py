@@ -10,16 +10,13 @@ form (a precomposed "é" equals "e" + combining acute), but, as in DPR, it does 
 
 from __future__ import annotations
 
-import ast
-import json
-import os
 import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
 import regex as _regex
 
-from simlm.data.errors import DataFormatError
+from simlm.data.answers import parse_answers
 
 __all__ = ["SimpleTokenizer", "has_answer", "normalize_text", "parse_answers"]
 
@@ -105,26 +102,3 @@ def has_answer(text: str, answers: Iterable[str], regex: bool = False) -> bool:
         return False
     tokens = _TOKENIZER.tokenize(text)
     return any(_contains_sequence(tokens, _answer_tokens(answer)) for answer in answers)
-
-
-def parse_answers(field: str, path: str | os.PathLike[str], line_no: int) -> list[str]:
-    """Parse the ``answers`` column of a QA file into a list of strings, without ever executing code.
-
-    The field is read as JSON first (``["a", "b"]``) and, failing that, as a Python literal via
-    ``ast.literal_eval`` (``['a', "b's"]``, as in the DPR CSV files).
-
-    Raises:
-        DataFormatError: (a ValueError) the field is not a list of strings; names path, line and field.
-    """
-    try:
-        value = json.loads(field)
-    except (json.JSONDecodeError, TypeError, RecursionError):
-        try:
-            value = ast.literal_eval(field)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-            raise DataFormatError(
-                path, line_no, "answers", f"neither a JSON list nor a Python list literal: {field[:200]!r}"
-            ) from exc
-    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-        raise DataFormatError(path, line_no, "answers", f"must be a list of strings, got {field[:200]!r}")
-    return value

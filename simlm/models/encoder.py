@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +18,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from simlm.data.tokenization import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
+
+__all__ = [
+    "MODEL_SETTING_KEYS",
+    "SETTINGS_FILE",
+    "RetrievalSettings",
+    "TextEncoder",
+    "embedding_dim",
+    "load_encoder",
+    "load_tokenizer",
+    "tokenize_passages",
+    "tokenize_queries",
+]
+
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "simlm_retrieval.json"
 POOLER_FILE = "pooler.safetensors"
-
-
-@dataclass
-class RetrievalSettings:
-    """How text becomes a vector; stored next to the weights so encoding is reproducible."""
-
-    pooling: str = "cls"  # "cls" (SimLM) or "mean"
-    l2_normalize: bool = True
-    q_max_len: int = 32
-    p_max_len: int = 144
-    query_prefix: str = ""
-    passage_prefix: str = ""
-    add_pooler: bool = False
-    pooler_dim: int | None = None
-    share_encoder: bool = True
-    # "pair": [CLS] title [SEP] text [SEP] with token types 0/1 (SimLM); "concat": one segment "title text"
-    # (how sentence-transformers/BEIR encode titled passages)
-    passage_format: str = "pair"
-
-    def __post_init__(self) -> None:
-        if self.pooling not in ("cls", "mean"):
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
-        if self.passage_format not in ("pair", "concat"):
-            raise ValueError(f"passage_format must be 'pair' or 'concat', got {self.passage_format!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RetrievalSettings:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+# The `model` config group keys that are retrieval settings (the rest: name_or_path, lr, ...).
+MODEL_SETTING_KEYS = (
+    "pooling",
+    "l2_normalize",
+    "q_max_len",
+    "p_max_len",
+    "query_prefix",
+    "passage_prefix",
+    "passage_format",
+)
 
 
 def load_backbone(name_or_path: str | Path) -> nn.Module:
@@ -150,56 +145,41 @@ class TextEncoder(nn.Module):
         return emb
 
 
-def load_tokenizer(name_or_path: str | Path):
-    """The tokenizer saved with a model (or of a hub id)."""
-    from transformers import AutoTokenizer
+def load_encoder(model_cfg: Any) -> tuple[TextEncoder, Any]:
+    """`(TextEncoder, tokenizer)` of the `model` config group (`name_or_path` is a hub id or a folder).
 
-    return AutoTokenizer.from_pretrained(str(name_or_path))
-
-
-def tokenize_queries(
-    tokenizer: Any, queries: list[str], settings: RetrievalSettings, pad: bool = True
-) -> dict:
-    """`[CLS] prefix+query [SEP]`, truncated to `q_max_len`."""
-    texts = [settings.query_prefix + q for q in queries]
-    return tokenizer(
-        texts,
-        max_length=settings.q_max_len,
-        truncation=True,
-        padding=pad,
-        return_tensors="pt" if pad else None,
-    )
-
-
-def tokenize_passages(
-    tokenizer: Any, titles: list[str], texts: list[str], settings: RetrievalSettings, pad: bool = True
-) -> dict:
-    """`[CLS] prefix+title [SEP] text [SEP]` (token types 0/1) truncated to `p_max_len`; no title: text alone.
-
-    With `passage_format="concat"`: one segment `prefix + title + " " + text`.
+    Precedence: a folder saved by this project carries `simlm_retrieval.json`, and its settings win
+    (they are how the model was trained); the group's `pooling`, `l2_normalize`, max lengths and prefixes
+    are used only for folders/hub ids without that file. Differences are logged. Set
+    `+model.override_saved_settings=true` to make the config win instead.
     """
-    prefix = settings.passage_prefix
-    if settings.passage_format == "concat":
-        titles, texts = [""] * len(texts), [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
-    firsts = [prefix + t if t else prefix + x for t, x in zip(titles, texts)]
-    seconds = [x if t else None for t, x in zip(titles, texts)]
-    kwargs = {
-        "max_length": settings.p_max_len,
-        "truncation": True,
-        "padding": pad,
-        "return_tensors": "pt" if pad else None,
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the LOAD REPORT of ignored BERT pooler weights is noise
+    name = str(model_cfg["name_or_path"])
+    config_values = {
+        k: model_cfg[k] for k in MODEL_SETTING_KEYS if k in model_cfg and model_cfg[k] is not None
     }
-    if all(s is None for s in seconds):
-        return tokenizer(firsts, **kwargs)
-    if all(s is not None for s in seconds):
-        return tokenizer(firsts, seconds, **kwargs)
-    # mixed titled/untitled batch: tokenise unpadded one by one, then pad together
-    rows = [
-        tokenizer(f, s, max_length=settings.p_max_len, truncation=True)
-        if s is not None
-        else tokenizer(f, max_length=settings.p_max_len, truncation=True)
-        for f, s in zip(firsts, seconds)
-    ]
-    if not pad:
-        return {k: [r[k] for r in rows] for k in rows[0]}
-    return tokenizer.pad(rows, return_tensors="pt")
+    settings_file = Path(name) / SETTINGS_FILE
+    override = bool(model_cfg.get("override_saved_settings", False))
+    if settings_file.is_file() and not override:
+        saved = json.loads(settings_file.read_text())
+        differing = {k: (saved[k], v) for k, v in config_values.items() if k in saved and saved[k] != v}
+        if differing:
+            log.warning(
+                "%s: using its saved settings over the model config for %s (saved, config); "
+                "+model.override_saved_settings=true makes the config win",
+                settings_file,
+                differing,
+            )
+        encoder = TextEncoder.from_pretrained(name)
+    else:
+        encoder = TextEncoder.from_pretrained(name, **config_values)
+    return encoder, load_tokenizer(name)
+
+
+def embedding_dim(encoder: TextEncoder) -> int:
+    """Size of the vectors `encoder` produces."""
+    if encoder.pooler is not None:
+        return int(encoder.pooler.out_features)
+    return int(encoder.query_model.config.hidden_size)

@@ -25,7 +25,7 @@ class BiEncoderModule(pl.LightningModule):
     """Dense bi-encoder trained with SimLM's full contrastive loss over all-gathered in-batch negatives.
 
     With `kd_alpha` set the loss is KL(teacher || student) over each query's own group (teacher = softmax
-    of the batch's `scores`, raw re-ranker logits) + kd_alpha * contrastive loss (SimLM spec 4.2).
+    of the batch's `scores`, raw re-ranker logits) + kd_alpha * contrastive loss (SimLM's `train_kd_biencoder.sh` recipe).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""CrossEncoderReranker LightningModule: SimLM's re-ranker (spec 3.1-3.3)."""
+"""CrossEncoderReranker LightningModule: SimLM's re-ranker (listwise CE over groups, R-Drop)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from torch import Tensor
 
 from simlm.evaluation import evaluate_run
 from simlm.losses import listwise_ce, rdrop_loss, select_hard_passages
+from simlm.models.cross_encoder import load_reranker_model
 from simlm.modules.common import set_sampling_epoch, warmup_decay_optimizers
-from simlm.retrieval.rerank import load_reranker_model, merge_reranked
+from simlm.retrieval.rerank import merge_rerank_scores
 
 
 class CrossEncoderReranker(pl.LightningModule):
@@ -114,11 +115,9 @@ class CrossEncoderReranker(pl.LightningModule):
         if self.trainer.world_size > 1:  # every rank scored its share (padded with repeats): gather all
             index = self.all_gather(index).reshape(-1)
             scores = self.all_gather(scores).reshape(-1)
-        by_query: dict[str, dict[str, float]] = {}
-        for i, s in zip(index.tolist(), scores.tolist()):
-            qid, doc_id = dm.val_pairs[i]
-            by_query.setdefault(qid, {})[doc_id] = s
-        metrics = evaluate_run(merge_reranked(dm.val_run, by_query, dm.val_depth), dm.val_qrels)
+        pairs = [dm.val_pairs[i] for i in index.tolist()]
+        reranked = merge_rerank_scores(dm.val_run, pairs, scores.tolist(), dm.val_depth)
+        metrics = evaluate_run(reranked, dm.val_qrels)
         self.log_dict(
             {"val/mrr@10": metrics["mrr@10"], "val/ndcg@10": metrics["ndcg@10"]},
             prog_bar=True,

@@ -1,4 +1,9 @@
-"""In-memory dense retrieval over a corpus (or a sub-corpus): used during training and for small corpora."""
+"""The one dense retrieval path: encode queries, search stored shards or an in-memory matrix, return a run.
+
+Every stage and callback that retrieves with a bi-encoder (`stage=search`, the training stages' final
+evaluation, retrieval evaluation between epochs, negative mining) goes through `dense_retrieve` or,
+for several query sets over one pass of the shards, `encode_and_search`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from simlm.data.formats import Qrels, Run
 from simlm.models.encoder import TextEncoder
 from simlm.retrieval.encoding import encode_texts
 from simlm.retrieval.index import search, to_run
+
+Shards = Iterable[tuple[np.ndarray, np.ndarray]]
 
 
 def sub_corpus_rows(
@@ -27,6 +34,43 @@ def sub_corpus_rows(
     return np.array(sorted(judged | set(fill)), dtype=np.int64)
 
 
+def encode_passages(
+    encoder: TextEncoder,
+    tokenizer: Any,
+    corpus: Corpus,
+    rows: Sequence[int] | np.ndarray | None = None,
+    *,
+    batch_size: int = 128,
+    precision: str | None = None,
+) -> Shards:
+    """The corpus rows (all by default) encoded in memory, as one `(rows, embeddings)` shard."""
+    rows_arr = np.arange(len(corpus), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    titles, texts = corpus.titles(rows_arr.tolist()), corpus.texts(rows_arr.tolist())
+    emb = encode_texts(
+        encoder, tokenizer, titles=titles, texts=texts, batch_size=batch_size, precision=precision
+    )
+    return [(rows_arr, emb)]
+
+
+def encode_and_search(
+    encoder: TextEncoder,
+    tokenizer: Any,
+    query_texts: Sequence[str],
+    shards: Shards,
+    top_k: int,
+    *,
+    batch_size: int = 128,
+    precision: str | None = None,
+    backend: str = "faiss",
+    query_batch_size: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encode `query_texts` and search `shards` exactly: `(scores [Q, k], corpus rows [Q, k])`."""
+    q_emb = encode_texts(
+        encoder, tokenizer, queries=list(query_texts), batch_size=batch_size, precision=precision
+    )
+    return search(q_emb, shards, top_k=top_k, backend=backend, batch_size=query_batch_size)
+
+
 def dense_retrieve(
     encoder: TextEncoder,
     tokenizer: Any,
@@ -36,23 +80,28 @@ def dense_retrieve(
     rows: Sequence[int] | np.ndarray | None = None,
     batch_size: int = 128,
     backend: str = "faiss",
-    shards: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+    shards: Shards | None = None,
+    precision: str | None = None,
 ) -> Run:
     """Encode `queries`, search the corpus rows (all by default) exactly, return the top-k as a `Run`.
 
-    `shards` (`(rows, embeddings)` pairs, e.g. `load_shards(dir)`) are passages this encoder already
-    encoded: they are searched instead of encoding `rows` again.
+    `shards` (`(rows, embeddings)` pairs, e.g. `load_shards(dir)`, or passages already encoded in
+    memory) are searched instead of encoding `rows` again.
     """
     if shards is None:
-        rows_arr = (
-            np.arange(len(corpus), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        )
-        titles, texts = corpus.titles(rows_arr.tolist()), corpus.texts(rows_arr.tolist())
-        p_emb = encode_texts(encoder, tokenizer, titles=titles, texts=texts, batch_size=batch_size)
-        shards, n_passages = [(rows_arr, p_emb)], len(rows_arr)
+        shards = encode_passages(encoder, tokenizer, corpus, rows, batch_size=batch_size, precision=precision)
+        n_passages = len(shards[0][0])
     else:
         n_passages = len(corpus) if rows is None else len(rows)
     qids = list(queries)
-    q_emb = encode_texts(encoder, tokenizer, queries=[queries[q] for q in qids], batch_size=batch_size)
-    scores, found = search(q_emb, shards, top_k=min(top_k, n_passages), backend=backend)
+    scores, found = encode_and_search(
+        encoder,
+        tokenizer,
+        [queries[q] for q in qids],
+        shards,
+        min(top_k, n_passages),
+        batch_size=batch_size,
+        precision=precision,
+        backend=backend,
+    )
     return to_run(qids, scores, found, corpus)

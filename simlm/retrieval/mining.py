@@ -1,15 +1,19 @@
-"""Training examples with hard negatives from a run, the way SimLM built its data (spec 7.4)."""
+"""Training examples with hard negatives from a run, the way SimLM built its data
+(`misc/prepare_msmarco_data.py` of the original), or from QA answers (DPR-style).
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from simlm.data.corpus import Corpus
-from simlm.data.formats import Qrels, Run, ScoredDocs, TrainingExample, run_score
+from simlm.data.formats import Qrels, Run, ScoredDocs, TrainingExample, run_score, write_examples
+from simlm.data.io import write_json
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ def mine_examples(
 def mine_examples_qa(
     run: Run, answers: dict[str, list[str]], queries: dict[str, str], corpus: Corpus, cfg: MiningConfig
 ) -> tuple[list[TrainingExample], dict[str, int]]:
-    """QA data (no qrels, spec 8.2): within the top `depth`, passages whose text contains an answer
+    """QA data (no qrels): within the top `depth`, passages whose text contains an answer
     (DPR matching) are positives and the others negatives (shuffled, at most `num_negatives`).
     Questions lacking either are dropped."""
     from simlm.evaluation.answers import has_answer
@@ -148,3 +152,31 @@ def mine_examples_qa(
         )
     stats["examples"] = len(examples)
     return examples, stats
+
+
+def mine(
+    run: Run,
+    queries: dict[str, str],
+    corpus: Corpus,
+    cfg: MiningConfig,
+    *,
+    qrels: Qrels | None = None,
+    answers: dict[str, list[str]] | None = None,
+) -> tuple[list[TrainingExample], dict[str, int]]:
+    """The one mining entry: hard negatives from `run` against `answers` (QA data) or `qrels`."""
+    if answers is not None:
+        return mine_examples_qa(run, answers, queries, corpus, cfg)
+    if qrels is None:
+        raise ValueError("mining needs qrels or QA answers for the run's queries")
+    return mine_examples(run, qrels, queries, corpus, cfg)
+
+
+def write_mined(
+    out_dir: str | Path, split: str, examples: list[TrainingExample], stats: dict[str, int]
+) -> Path:
+    """Write `<split>.jsonl` and `<split>_mining_stats.json` into `out_dir` (atomically); the examples' path."""
+    out_dir = Path(out_dir)
+    path = out_dir / f"{split}.jsonl"
+    write_examples(path, examples)
+    write_json(out_dir / f"{split}_mining_stats.json", stats)
+    return path

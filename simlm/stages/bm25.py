@@ -8,12 +8,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
-from simlm.data.formats import write_examples
-from simlm.data.io import write_json
+from simlm.evaluation import evaluate
 from simlm.retrieval.bm25 import BM25Retriever
-from simlm.retrieval.mining import MiningConfig, mine_examples
+from simlm.retrieval.mining import MiningConfig, mine, write_mined
 from simlm.stages import Metrics, format_metrics
-from simlm.stages.common import evaluate_split, write_run_files
+from simlm.stages.common import write_run_files
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ def run(cfg: DictConfig) -> Metrics:
     for split in _splits(cfg.data.eval_split):
         run_ = retriever.search(data.queries(split), top_k=stage.top_k)
         write_run_files(out_dir, split, run_, tag="bm25")
-        scores = evaluate_split(data, split, run_)
+        scores = evaluate(run_, data, split)
         if scores is not None:
             metrics[split] = scores
 
@@ -39,9 +38,8 @@ def run(cfg: DictConfig) -> Metrics:
         queries = data.queries(train_split)
         train_run = retriever.search(queries, top_k=mining.depth)
         write_run_files(out_dir, train_split, train_run, tag="bm25")
-        examples, stats = mine_examples(train_run, data.qrels(train_split), queries, data.corpus, mining)
-        write_examples(out_dir / f"{train_split}.jsonl", examples)
-        write_json(out_dir / f"{train_split}_mining_stats.json", stats)
+        examples, stats = mine(train_run, queries, data.corpus, mining, qrels=data.qrels(train_split))
+        write_mined(out_dir, train_split, examples, stats)
         log.info("BM25 negatives: %s", stats)
     print(format_metrics(metrics, title=f"BM25 on {cfg.data.name}"))
     return metrics

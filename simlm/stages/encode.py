@@ -1,4 +1,4 @@
-"""`stage=encode`: embed `data`'s corpus with `model` into resumable `.npy` shards (SimLM spec 6.1).
+"""`stage=encode`: embed `data`'s corpus with `model` into resumable `.npy` shards (SimLM's `src/inference/encode_main.py`).
 
 One process encodes on `trainer.accelerator`'s device (CUDA when available and allowed, else CPU).
 For several devices launch one process per device with torchrun
@@ -14,41 +14,21 @@ import os
 import time
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
-from simlm.retrieval.encoding import encode_corpus_to_shards, load_encoder, resolve_device
+from simlm.models.encoder import load_encoder
+from simlm.retrieval.store import encode_corpus_to_shards
+from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 
 log = logging.getLogger(__name__)
 
 
-def _setup_distributed(device_type: str) -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); True if this call created it."""
-    dist = torch.distributed
-    if not dist.is_available() or dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return True
-
-
-def _shared_out_dir(out_dir: str) -> Path:
-    """Rank 0's folder for every rank (each torchrun process composes its own timestamped run dir)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        holder = [out_dir]
-        dist.broadcast_object_list(holder, src=0)
-        out_dir = holder[0]
-    return Path(out_dir)
-
-
 def run(cfg: DictConfig) -> Metrics:
     """Encode the corpus into `stage.out_dir`; metrics: passages, seconds and passages/s of this run."""
     stage = cfg.stage
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(cfg.trainer.get("accelerator", "auto"), local_rank)
-    created_group = _setup_distributed(device.type)
+    runtime = Runtime.from_config(cfg)
     devices = cfg.trainer.get("devices", 1)
     if isinstance(devices, int) and devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         log.warning(
@@ -56,15 +36,15 @@ def run(cfg: DictConfig) -> Metrics:
             "torchrun --nproc_per_node=%d to use them all; encoding on %s only",
             devices,
             devices,
-            device,
+            runtime.device,
         )
-    try:
-        out_dir = _shared_out_dir(str(stage.out_dir))
+    with runtime.process_group():
+        # rank 0's folder for every rank (each torchrun process composes its own timestamped run dir)
+        out_dir = Path(runtime.broadcast(str(stage.out_dir)))
         data = RetrievalData.from_config(cfg.data)
         corpus = data.corpus
         encoder, tokenizer = load_encoder(cfg.model)
-        encoder.to(device)
-        fp16 = device.type == "cuda" and "16" in str(cfg.trainer.get("precision", "32"))
+        encoder.to(runtime.device)
         started = time.perf_counter()
         summary = encode_corpus_to_shards(
             encoder,
@@ -74,15 +54,12 @@ def run(cfg: DictConfig) -> Metrics:
             shard_size=int(stage.shard_size),
             batch_size=int(stage.batch_size),
             dtype=str(stage.dtype),
-            device=device,
-            fp16=fp16,
+            device=runtime.device,
+            precision=runtime.precision,
             model_name=str(cfg.model.name_or_path),
             progress=stage.get("progress"),
         )
         seconds = time.perf_counter() - started
-    finally:
-        if created_group:
-            torch.distributed.destroy_process_group()
     metrics: Metrics = {
         "encode": {
             "passages": len(corpus),

@@ -6,8 +6,8 @@ from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_run
+from simlm.evaluation import evaluate
 from simlm.stages import Metrics, format_metrics
-from simlm.stages.common import evaluate_split
 
 
 def run(cfg: DictConfig) -> Metrics:
@@ -16,7 +16,7 @@ def run(cfg: DictConfig) -> Metrics:
         raise ValueError("stage=evaluate needs stage.run_file=<path to a TREC or MS MARCO run>")
     split = cfg.data.eval_split
     data = RetrievalData.from_config(cfg.data)
-    scores = evaluate_split(data, split, read_run(cfg.stage.run_file))
+    scores = evaluate(read_run(cfg.stage.run_file), data, split)
     if scores is None:
         raise FileNotFoundError(
             f"split '{split}' of {data.root} has no qrels (or answers) to evaluate against"

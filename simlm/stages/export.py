@@ -39,8 +39,7 @@ from simlm.checkpoints import (
     is_deepspeed_checkpoint,
     load_module_state,
 )
-from simlm.models.encoder import SETTINGS_FILE, TextEncoder, load_tokenizer
-from simlm.retrieval.encoding import _MODEL_SETTING_KEYS, embedding_dim
+from simlm.models.encoder import MODEL_SETTING_KEYS, SETTINGS_FILE, TextEncoder, embedding_dim, load_tokenizer
 from simlm.stages import Metrics
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def load_from_checkpoint(
     hparams = checkpoint_hparams(path)
     base = str(base_model or hparams.get("model_name_or_path") or model_cfg["name_or_path"])
     settings = hparams.get("settings") or {
-        k: model_cfg[k] for k in _MODEL_SETTING_KEYS if model_cfg.get(k) is not None
+        k: model_cfg[k] for k in MODEL_SETTING_KEYS if model_cfg.get(k) is not None
     }
     state = checkpoint_state_dict(path)
     encoder_state = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}

@@ -1,4 +1,4 @@
-"""`stage=mine`: a run + judgements -> SimLM training examples with mined hard negatives (spec 7.4, 8.2)."""
+"""`stage=mine`: a run + judgements -> SimLM training examples with mined hard negatives (SimLM's `misc/prepare_msmarco_data.py`; QA answers as DPR)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
-from simlm.data.formats import read_run, write_examples
-from simlm.data.io import write_json
-from simlm.retrieval.mining import MiningConfig, mine_examples, mine_examples_qa
+from simlm.data.formats import read_run
+from simlm.retrieval.mining import MiningConfig, mine, write_mined
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +25,11 @@ def run(cfg: DictConfig) -> dict[str, dict[str, int]]:
     data = RetrievalData.from_config(cfg.data)
     run_ = read_run(stage.run_file)
     mining = MiningConfig(**stage.mining, seed=int(cfg.seed))
-    queries = data.queries(split)
     answers = data.answers(split)
-    if answers is not None:
-        examples, stats = mine_examples_qa(run_, answers, queries, data.corpus, mining)
-    else:
-        examples, stats = mine_examples(
-            run_, data.qrels(split, check_docs=True), queries, data.corpus, mining
-        )
+    qrels = None if answers is not None else data.qrels(split, check_docs=True)
+    examples, stats = mine(run_, data.queries(split), data.corpus, mining, qrels=qrels, answers=answers)
     if not examples:
         raise ValueError(f"no example could be mined for split '{split}' from {stage.run_file}: {stats}")
-    out_dir = Path(cfg.paths.output_dir)
-    write_examples(out_dir / f"{split}.jsonl", examples)
-    write_json(out_dir / f"{split}_mining_stats.json", stats)
-    log.info("mined %s -> %s", stats, out_dir / f"{split}.jsonl")
+    path = write_mined(Path(cfg.paths.output_dir), split, examples, stats)
+    log.info("mined %s -> %s", stats, path)
     return {split: stats}

@@ -1,4 +1,4 @@
-"""`stage=pipeline`: SimLM's stages chained (spec section 5), each feeding the next through config.
+"""`stage=pipeline`: SimLM's stages chained (the paper's fine-tuning pipeline, Figure 2), each feeding the next through config.
 
 [rlm ->] bm25 -> zero-shot -> retriever1 (BM25 negatives, mines) -> retriever2 (mined negatives, mines)
 -> reranker (retriever2's negatives) -> rerank (retriever2's run) -> teacher_scores -> kd_biencoder.

@@ -1,4 +1,4 @@
-"""`stage=teacher_scores`: re-ranker logits for a training-examples file, SimLM's KD teacher (spec 4.1).
+"""`stage=teacher_scores`: re-ranker logits for a training-examples file, SimLM's KD teacher.
 
 Every positive and the first `num_negatives` negatives (all by default) of each example are scored
 with the re-ranker; the output `kd_<split>.jsonl` has the same schema, the negatives cut to the scored
@@ -9,19 +9,16 @@ rank scores a contiguous slice of the pairs and rank 0 writes.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
-from simlm.retrieval.encoding import dist_rank_world
-from simlm.retrieval.rerank import load_reranker, score_pairs_distributed
+from simlm.retrieval.rerank import load_and_score
+from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
-from simlm.stages.rerank import run_on_ranks
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +53,12 @@ def teacher_examples(
 
 def run(cfg: DictConfig) -> Metrics:
     """Score `stage.examples_file` with `stage.model` into `stage.out_file`; return counts and teacher accuracy."""
-    return run_on_ranks(cfg, _score)
+    runtime = Runtime.from_config(cfg)
+    with runtime.process_group():
+        return runtime.broadcast(_score(cfg, runtime))
 
 
-def _score(cfg: DictConfig, device: torch.device) -> Metrics:
+def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
@@ -77,21 +76,15 @@ def _score(cfg: DictConfig, device: torch.device) -> Metrics:
         for ex in examples
         for doc_id in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
     ]
-    model, tokenizer = load_reranker(str(stage.model))
-    model.to(device)
-    fp16 = device.type == "cuda" and "16" in str(cfg.trainer.get("precision", "32"))
-    started = time.perf_counter()
-    scores = score_pairs_distributed(
-        model,
-        tokenizer,
+    scores, seconds = load_and_score(
+        str(stage.model),
         corpus,
         pairs,
+        runtime,
         max_length=int(stage.max_length),
         batch_size=int(stage.batch_size),
-        fp16=fp16,
     )
-    seconds = time.perf_counter() - started
-    if dist_rank_world()[0] != 0:
+    if not runtime.is_main:
         return {}
     scored = teacher_examples(examples, scores, n_neg)
     out_file = Path(stage.out_file)

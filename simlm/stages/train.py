@@ -87,9 +87,10 @@ def evaluate_model(
 
     `embeddings_dir`: the corpus already encoded by this model (the mining callback's shards): reused.
     """
+    from simlm.evaluation import evaluate
     from simlm.retrieval.dense import dense_retrieve
-    from simlm.retrieval.encoding import load_shards
-    from simlm.stages.common import evaluate_split, write_run_files
+    from simlm.retrieval.store import load_shards
+    from simlm.stages.common import write_run_files
 
     final = cfg.stage.final_eval
     data = datamodule.data
@@ -106,7 +107,7 @@ def evaluate_model(
             shards=load_shards(embeddings_dir) if embeddings_dir else None,
         )
         write_run_files(out_dir, split, run_, tag=cfg.stage.name)
-        scores = evaluate_split(data, split, run_)
+        scores = evaluate(run_, data, split)
         if scores is not None:
             metrics[split] = scores
     return metrics

@@ -1,0 +1,39 @@
+"""The cross-encoder (re-ranker): a sequence-classification model with one logit per (query, passage) pair.
+
+Pairs are `[CLS] query [SEP] title: text [SEP]` (`passage_text`), truncated longest-first to
+`max_length` (SimLM: 192 for MS MARCO); the score is the raw logit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
+
+__all__ = ["MAX_LENGTH", "load_reranker", "load_reranker_model", "passage_text", "tokenize_pairs"]
+
+
+def load_reranker_model(name_or_path: str, with_new_weights: bool = False) -> Any:
+    """`AutoModelForSequenceClassification` with one logit (hub id or folder; encoder-only checkpoints such
+    as ELECTRA's discriminator or BERT/MiniLM get a newly initialised head).
+
+    `with_new_weights`: return `(model, names)`, the names of the parameters the checkpoint did not hold.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(name_or_path), num_labels=1, output_loading_info=True
+    )
+    if not with_new_weights:
+        return model
+    params = {name for name, _ in model.named_parameters()}
+    return model, sorted(set(info.get("missing_keys") or ()) & params)
+
+
+def load_reranker(name_or_path: str) -> tuple[torch.nn.Module, Any]:
+    """The one-logit model of `load_reranker_model` and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    return load_reranker_model(name_or_path), AutoTokenizer.from_pretrained(str(name_or_path))
