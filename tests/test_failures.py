@@ -6,8 +6,14 @@ download, and the one-line failure summary that `run.py` prints and logs to `run
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +31,9 @@ from simlm.data.formats import (
     read_trec_qrels,
 )
 from simlm.data.io import open_text
+from simlm.failures import failure_line, unwritable_reason
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 EXAMPLE = {
     "query_id": "1",
@@ -120,3 +129,129 @@ def test_corrupt_gzip_is_named(tmp_path):
     path.write_bytes(b"this is no gzip data")
     with pytest.raises(DataFormatError, match=r"corpus\.jsonl\.gz: corrupt gzip file .* at its start"):
         read_beir_corpus(path)
+
+
+# ----------------------------------------------------------------------------- 11, 13: run.py
+def run_cli(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "run.py"), *args],
+        cwd=cwd,
+        env={**environ, "SIMLM_CACHE": str(cwd / "cache"), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def tiny_beir(tmp_path) -> Path:
+    root = tmp_path / "tiny"
+    write_bytes(
+        root / "corpus.jsonl", b"".join(lines(lambda i: json.dumps({"_id": f"d{i}", "text": "t"}), 3))
+    )
+    write_bytes(root / "queries.jsonl", b'{"_id": "q1", "text": "t"}\n')
+    write_bytes(root / "qrels" / "test.tsv", b"query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return root
+
+
+def last_line(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1]
+
+
+@pytest.mark.parametrize("fault", ["missing", "not_utf8"])
+def test_stage_failure_ends_in_one_line_on_stderr_and_in_run_log(tmp_path, tiny_beir, fault):
+    run_file = tmp_path / "dev.trec"
+    if fault == "not_utf8":
+        write_bytes(run_file, b"q1 Q0 d1 1 2.0 t\nq1 Q0 d\xe92 2 1.0 t\n")
+        expected = f"DataFormatError: {run_file}:2: not UTF-8 text (byte 0xe9 at column 8)"
+    else:
+        expected = f"FileNotFoundError: {run_file}: file not found"
+    run_dir = tmp_path / "run"
+    res = run_cli(
+        "stage=evaluate", "data=beir", f"data.root={tiny_beir}", f"stage.run_file={run_file}",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert last_line(res.stderr).startswith(expected), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout  # no 80-line traceback on the console
+    assert f"log: {run_dir / 'run.log'}" in res.stderr and "HYDRA_FULL_ERROR=1" in res.stderr
+    log = (run_dir / "run.log").read_text()
+    assert last_line(log).endswith(f"[ERROR] - {last_line(res.stderr)}")
+    assert "Traceback (most recent call last)" in log  # the traceback is kept in the log for a bug report
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_full_error_keeps_hydras_traceback_and_still_logs_the_line(tmp_path, tiny_beir):
+    run_dir = tmp_path / "run"
+    res = run_cli(
+        "stage=evaluate", "data=beir", f"data.root={tiny_beir}", f"stage.run_file={tmp_path / 'x.trec'}",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, HYDRA_FULL_ERROR="1",
+    )  # fmt: skip
+    assert res.returncode == 1
+    line = f"FileNotFoundError: {tmp_path / 'x.trec'}: file not found"
+    assert "Traceback (most recent call last)" in res.stderr and last_line(res.stderr) == line
+    assert last_line((run_dir / "run.log").read_text()).endswith(f"[ERROR] - {line}")
+
+
+def test_failure_line_is_one_line():
+    assert failure_line(ValueError("a\n  b\n")) == "ValueError: a b"
+    assert failure_line(KeyError("k")) == "KeyError: 'k'"
+    assert failure_line(RuntimeError()) == "RuntimeError"
+
+
+@contextlib.contextmanager
+def unwritable_folder():
+    """An existing folder in which nobody can create a file.
+
+    chmod 555 stops an ordinary user but not root (which bypasses permission bits): as root, the folder
+    is made immutable (chattr +i, which stops root too), or, where chattr does not work, /sys is used.
+    """
+    base = Path(tempfile.mkdtemp(prefix="simlm-ro-"))
+    folder = base / "ro"
+    folder.mkdir()
+    try:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+        elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)]).returncode == 0:
+            pass
+        else:
+            folder = Path("/sys")
+        yield folder
+    finally:
+        if folder != Path("/sys"):
+            if os.geteuid() == 0:
+                subprocess.run(["chattr", "-i", str(folder)], check=False)
+            folder.chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_unwritable_run_dir_is_named(tmp_path):
+    with unwritable_folder() as folder:
+        with pytest.raises(OSError):  # the fault is real: no file can be created there
+            (folder / "probe").write_text("x")
+        assert unwritable_reason(folder).startswith(f"{folder} exists but is not writable")
+        res = run_cli("stage=evaluate", "stage.run_file=x.trec", f"hydra.run.dir={folder}", cwd=tmp_path)
+        assert res.returncode == 1
+        assert last_line(res.stderr).startswith(
+            f"simlm: cannot write the run folder {folder}: {folder} exists"
+        )
+        assert "pick a writable one with hydra.run.dir=<folder>" in res.stderr
+        assert "Unable to configure handler" not in res.stderr and "Traceback" not in res.stderr
+        # a new run folder below it is named with the ancestor at fault
+        assert unwritable_reason(folder / "a" / "b").startswith(f"{folder} is not writable")
+
+
+def test_run_dir_below_a_file_is_named(tmp_path):
+    """Works for root too: no permission bits involved."""
+    (tmp_path / "outputs").write_text("a file where a folder should be")
+    run_dir = tmp_path / "outputs" / "evaluate"
+    res = run_cli("--multirun", "stage=evaluate", f"hydra.sweep.dir={run_dir}", cwd=tmp_path)
+    assert res.returncode == 1
+    assert last_line(res.stderr) == (
+        f"simlm: cannot write the run folder {run_dir}: {tmp_path / 'outputs'} is a file, not a folder; "
+        "pick a writable one with hydra.sweep.dir=<folder>"
+    )
+    res = run_cli("stage=evaluate", "stage.run_file=x.trec", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert res.returncode == 1 and "is a file, not a folder" in last_line(res.stderr)
+    assert "hydra.run.dir=<folder>" in last_line(res.stderr) and "Traceback" not in res.stderr
