@@ -15,10 +15,14 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
-    """Compose the config and dispatch `cfg.stage` to its `run(cfg)`."""
+    """Compose the config and dispatch `cfg.stage` to its `run(cfg)`; a failure ends in one clear line."""
+    from simlm.failures import report_failure, run_log_file
     from simlm.stages import run_stage
 
-    return run_stage(cfg)
+    try:
+        return run_stage(cfg)
+    except Exception as error:
+        report_failure(error, stage=cfg.stage.get("name"), log_file=run_log_file())
 
 
 if __name__ == "__main__":

@@ -121,3 +121,67 @@ def test_missing_root_and_name_is_explained(compose):
 
     with pytest.raises(ValueError, match="data.name"):
         run_stage(compose("stage=bm25", "data=beir"))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused, as offline
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_failed_download_names_the_url_and_the_fix(compose, tmp_path):
+    from simlm.stages import run_stage
+
+    url = f"http://127.0.0.1:{_closed_port()}/tiny.zip"
+    cfg = compose(
+        "stage=bm25",
+        "data=beir",
+        "data.name=tiny",
+        f"data.url='{url.replace('tiny', '{name}')}'",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
+    with pytest.raises(DownloadError) as err:
+        run_stage(cfg)
+    message = str(err.value)
+    assert message.startswith(f"could not download {url}: ") and "no network" in message
+    assert "data.root=<a local folder>" in message and "corpus.jsonl" in message
+    assert not (tmp_path / "cache" / "beir" / "tiny").exists()
+
+
+def test_http_error_names_the_url_and_the_fix(server, tmp_path):
+    root, url, _ = server
+    with pytest.raises(DownloadError, match=rf"could not download {url}/missing\.zip: HTTP 404") as err:
+        fetch_simlm_msmarco(tmp_path / "data", ("missing",), f"{url}/{{name}}.zip")
+    assert "data.root=<a local folder>" in str(err.value) and "missing.zip" in str(err.value)
+    assert not (tmp_path / "data" / "missing.zip").exists()
+
+
+def test_dropped_connection_names_the_url_and_keeps_the_part(tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():  # HEAD and GET both promise 1000 bytes; GET sends 10 and hangs up
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                head = conn.recv(65536).startswith(b"HEAD")
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + (b"" if head else b"x" * 10)
+                )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/blob.bin"
+    dest = tmp_path / "blob.bin"
+    with pytest.raises(DownloadError) as err:
+        download(url, dest, fix="Pass data.root=<a local folder>.")
+    thread.join(5)
+    listener.close()
+    message = str(err.value)
+    assert message.startswith(f"could not download {url}: ") and "data.root=<a local folder>" in message
+    assert f"10 bytes kept in {dest}.part" in message and not dest.exists()

@@ -73,3 +73,24 @@ def test_save_load_round_trip(tiny_bert, tmp_path, settings):
         if not encoder.shared:
             assert not torch.allclose(encoder.encode(dict(batch), True), encoder.encode(dict(batch), False))
     assert loaded.encode(dict(q), True).shape[-1] == settings.get("pooler_dim", 32)
+
+
+def test_empty_title_is_still_a_pair(tiny_bert):
+    """SimLM's bi-encoder always tokenises (title, contents): an empty title gives `[CLS] [SEP] text [SEP]`."""
+    tok = load_tokenizer(tiny_bert)
+    text_ids = tok("encode objects", add_special_tokens=False)["input_ids"]
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    pair = tokenize_passages(tok, [""], ["encode objects"], RetrievalSettings(), pad=False)
+    assert pair["input_ids"][0] == [cls, sep, *text_ids, sep]
+    assert pair["token_type_ids"][0] == [0, 0] + [1] * (len(text_ids) + 1)
+    # the same tokens whether the untitled passage is batched with titled ones or not
+    mixed = tokenize_passages(tok, ["json", ""], ["x y", "encode objects"], RetrievalSettings(), pad=False)
+    assert mixed["input_ids"][1] == pair["input_ids"][0]
+    padded = tokenize_passages(tok, ["json", ""], ["x y", "encode objects"], RetrievalSettings())
+    n = len(pair["input_ids"][0])
+    assert padded["input_ids"][1, :n].tolist() == pair["input_ids"][0]
+    # concat keeps the text alone
+    concat = tokenize_passages(
+        tok, [""], ["encode objects"], RetrievalSettings(passage_format="concat"), pad=False
+    )
+    assert concat["input_ids"][0] == [cls, *text_ids, sep]

@@ -107,8 +107,8 @@ def test_pair_model_with_pooler_from_a_checkpoint(compose, tmp_path, tiny_bert):
         st.encode_query(QUERIES), encode_texts(encoder, tok, queries=QUERIES), atol=1e-5
     )
     expected = encode_texts(encoder, tok, titles=TITLES, texts=TEXTS)
-    # SimLM's "pair" passages: a (title, text) tuple per titled passage, the plain text per untitled one
-    pairs = [(t, x) if t else x for t, x in zip(TITLES, TEXTS)]
+    # SimLM's "pair" passages: a (title, text) tuple per passage, ("", text) when untitled
+    pairs = list(zip(TITLES, TEXTS))
     np.testing.assert_allclose(st.encode_document(pairs), expected, atol=1e-5)
     # the caveat: a "title text" string is another input ([CLS] title text [SEP], one segment)
     concat = st.encode_document([f"{t} {x}" if t else x for t, x in zip(TITLES, TEXTS)])

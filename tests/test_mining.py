@@ -23,12 +23,16 @@ def test_simlm_rule_top200_minus_positives_plus_random_fill(corpus):
     negs = ex.negatives.doc_ids
     assert len(negs) == 210 and len(set(negs)) == 210
     assert not {"d5", "d250"} & set(negs)
-    hard = [d for d in negs if int(d[1:]) < 200]
-    random_fill = [d for d in negs if int(d[1:]) >= 200]
-    # 199 candidates in the top 200 after removing d5; 200 hard kept at most -> all 199, then 11 random
-    assert len(hard) == 199 and len(random_fill) == 11
-    # random passages come from outside the run's top 200 and carry score -1; d7 is judged 0, so a negative
+    hard = [d for d in negs if int(d[1:]) < 300]
+    random_fill = [d for d in negs if int(d[1:]) >= 300]
+    # SimLM removes the positives first, then takes the top 200: d0..d200 without d5 -> 200 hard negatives
+    # (all kept: 210 - 10 random at most), then 10 random
+    assert len(hard) == 200 and len(random_fill) == 10
+    assert set(hard) == {f"d{i}" for i in range(201)} - {"d5"}
+    # random passages come from outside the whole run (d0..d299) and carry score -1; d7 is judged 0, so a
+    # negative
     assert all(s == -1.0 for d, s in zip(negs, ex.negatives.scores) if d in random_fill)
+    assert all(s != -1.0 for d, s in zip(negs, ex.negatives.scores) if d in hard)
     assert "d7" in negs
     assert ex.positives.doc_ids == ["d5", "d250"] and ex.positives.scores == [995.0, 750.0]
     # shuffled: not in run order
@@ -81,3 +85,17 @@ def test_queries_without_positive_or_candidates_are_skipped(corpus):
 def test_bad_config():
     with pytest.raises(ValueError):
         MiningConfig(depth=-1)
+
+
+def test_random_fill_excludes_the_whole_run_and_positives_do_not_cost_hard_negatives(corpus):
+    # a run deeper than `depth`: d0..d989; positives d0 and d1 at the top; only d990..d999 are outside it
+    ex = mine_example("q", "query", ranking(990), {"d0": 1, "d1": 2}, corpus, MiningConfig())
+    scores = dict(zip(ex.negatives.doc_ids, ex.negatives.scores))
+    hard = {d for d, s in scores.items() if s != -1.0}
+    assert hard == {f"d{i}" for i in range(2, 202)}
+    assert {d for d, s in scores.items() if s == -1.0} == {f"d{i}" for i in range(990, 1000)}
+    # skip_top drops the run's top ranks; the next non-positive candidates take their place
+    ex = mine_example("q", "query", ranking(990), {"d3": 1}, corpus, MiningConfig(skip_top=5))
+    assert {d for d, s in zip(ex.negatives.doc_ids, ex.negatives.scores) if s != -1.0} == {
+        f"d{i}" for i in range(5, 205)
+    }

@@ -106,6 +106,12 @@ class CorpusDataModule(pl.LightningDataModule):
         return self.data.corpus
 
     def train_dataloader(self) -> DataLoader:
+        # Lightning creates the first training iterator (forking the workers, each with a copy of the
+        # dataset) before the first `on_train_epoch_start`; on resume that epoch is not 0, so the epoch
+        # must be set here, or the workers sample epoch 0's groups. Later epochs get a new iterator after
+        # `on_train_epoch_start` (`set_sampling_epoch`), so fresh workers see the new epoch.
+        if self.trainer is not None and hasattr(self.train_dataset, "set_epoch"):
+            self.train_dataset.set_epoch(self.trainer.current_epoch)
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,

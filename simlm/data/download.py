@@ -7,10 +7,12 @@ renamed into place only when complete; extraction goes to a temp folder renamed 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -35,29 +37,45 @@ def _remote_size(url: str, timeout: float) -> int | None:
     return int(length) if length is not None else None
 
 
-def download(url: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Download `url` to `dest`, resuming a previous partial download; verify size (and sha256)."""
+def download(
+    url: str, dest: str | Path, sha256: str | None = None, timeout: float = 60.0, fix: str | None = None
+) -> Path:
+    """Download `url` to `dest`, resuming a previous partial download; verify size (and sha256).
+
+    A failed request (no network, an unknown host, an HTTP error, a timeout, a dropped connection)
+    raises `DownloadError` naming the URL, the reason and `fix` (what to do instead).
+    """
     dest = Path(dest)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    total = _remote_size(url, timeout)
-    have = part.stat().st_size if part.exists() else 0
-    if total is not None and have > total:
-        part.unlink()
-        have = 0
-    if total is None or have < total:
-        request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            if have and response.status != 206:  # the server ignored the range: start again
-                have = 0
-            with open(part, "ab" if have else "wb") as f:
-                while chunk := response.read(CHUNK):
-                    f.write(chunk)
+    try:
+        total = _remote_size(url, timeout)
+        have = part.stat().st_size if part.exists() else 0
+        if total is not None and have > total:
+            part.unlink()
+            have = 0
+        if total is None or have < total:
+            request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                if have and response.status != 206:  # the server ignored the range: start again
+                    have = 0
+                with open(part, "ab" if have else "wb") as f:
+                    while chunk := response.read(CHUNK):
+                        f.write(chunk)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        kept = part.stat().st_size if part.exists() else 0
+        resume = f"; {kept} bytes kept in {part}, run again to resume" if kept else ""
+        hint = f" {fix}" if fix else ""
+        raise DownloadError(f"could not download {url}: {_reason(e)}{resume}.{hint}") from e
     size = part.stat().st_size
     if total is not None and size != total:
-        raise DownloadError(f"{url}: got {size} bytes, expected {total}; run again to resume")
+        hint = f" {fix}" if fix else ""
+        raise DownloadError(
+            f"could not download {url}: got {size} bytes, expected {total} (the connection dropped?); "
+            f"{size} bytes kept in {part}, run again to resume.{hint}"
+        )
     if sha256 is not None:
         digest = hashlib.sha256()
         with open(part, "rb") as f:
@@ -68,6 +86,16 @@ def download(url: str, dest: str | Path, sha256: str | None = None, timeout: flo
             raise DownloadError(f"{url}: sha256 {digest.hexdigest()} does not match {sha256}")
     os.replace(part, dest)
     return dest
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        reason = error.reason
+        text = getattr(reason, "strerror", None) or str(reason)
+        return f"{text} (no network, or the host cannot be reached?)"
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
 def extract(archive: str | Path, out_dir: str | Path) -> Path:
@@ -94,7 +122,11 @@ def fetch_beir(name: str, cache_dir: str | Path, url_template: str = BEIR_URL_DE
     target = root / name
     if (target / "corpus.jsonl").exists():
         return target
-    archive = download(url_template.format(name=name), root / f"{name}.zip")
+    fix = (
+        f"Without a network: get the BEIR '{name}' zip elsewhere, unzip it, and pass "
+        "data.root=<a local folder> (the one holding corpus.jsonl, queries.jsonl and qrels/)"
+    )
+    archive = download(url_template.format(name=name), root / f"{name}.zip", fix=fix)
     return extract(archive, target)
 
 
@@ -106,7 +138,11 @@ def fetch_simlm_msmarco(
     """SimLM's preprocessed MS MARCO folders under `out_dir`."""
     out = []
     for name in names:
-        archive = download(url_template.format(name=name), Path(out_dir) / f"{name}.zip")
+        fix = (
+            f"Without a network: get {name}.zip elsewhere and unzip it into {Path(out_dir) / name}, "
+            f"then pass data.root=<a local folder> (that {name} folder)"
+        )
+        archive = download(url_template.format(name=name), Path(out_dir) / f"{name}.zip", fix=fix)
         out.append(extract(archive, Path(out_dir) / name))
     return out
 

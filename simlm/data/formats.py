@@ -361,8 +361,8 @@ def _read_run_arrow(path: str | Path) -> Run | None:
             parse_options=csv.ParseOptions(delimiter=delimiter, quote_char=False),
             convert_options=csv.ConvertOptions(column_types={n: types[n] for n in names[n_cols]}),
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError):
-        return None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, OSError):
+        return None  # also bad UTF-8 or a cut-short .gz: the line reader says where
     if table.num_rows == 0 or any(table.column(c).null_count for c in table.column_names):
         return None
     scores = (

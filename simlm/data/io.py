@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -15,14 +16,84 @@ from typing import IO, Any
 from simlm.data.errors import DataFormatError
 
 
-def open_text(path: str | Path) -> IO[str]:
-    """Open a text file for reading, transparently decompressing `.gz` files."""
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield `(line_no, line)` (1-based, line ending kept) of a UTF-8 text file, gunzipping `.gz` files.
+
+    Bytes that are not UTF-8 and a `.gz` file that is cut short or corrupt raise `DataFormatError` naming
+    the file and the line (for a truncated file: the last complete line), never a bare
+    `UnicodeDecodeError` or `EOFError`.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    gz = path.suffix == ".gz"
+    line_no = 0
+    try:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as raw:
+            for line_no, data in enumerate(raw, start=1):
+                try:
+                    line = data.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataFormatError(
+                        path,
+                        line_no,
+                        None,
+                        f"not UTF-8 text (byte 0x{data[e.start]:02x} at column {e.start + 1}); "
+                        "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+                    ) from None
+                yield line_no, line
+    except EOFError:
+        raise DataFormatError(
+            path,
+            None,
+            None,
+            f"truncated gzip file: it ends inside the compressed stream; the last complete line is "
+            f"line {line_no}. Copy or download the file again",
+        ) from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        if not gz:
+            raise
+        where = f"after line {line_no}" if line_no else "at its start"
+        raise DataFormatError(
+            path, None, None, f"corrupt gzip file ({e}) {where}; copy or download it again"
+        ) from None
+
+
+class TextLines:
+    """A read-only text stream over `iter_lines`: iterate it, or `readline()`/`read()` from it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.name = str(path)
+        self._lines = iter_lines(path)
+
+    def __iter__(self) -> Iterator[str]:
+        return (line for _, line in self._lines)
+
+    def readline(self) -> str:
+        return next(self._lines, (0, ""))[1]
+
+    def read(self) -> str:
+        return "".join(line for _, line in self._lines)
+
+    def close(self) -> None:
+        self._lines.close()
+
+    def __enter__(self) -> TextLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_text(path: str | Path) -> TextLines:
+    """Open a UTF-8 text file for reading, transparently decompressing `.gz` files.
+
+    Decoding and decompression errors raise `DataFormatError` naming the file and the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    return TextLines(path)
 
 
 @contextlib.contextmanager
@@ -66,31 +137,27 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(line_no, object)` for each non-blank line; malformed lines raise `DataFormatError`."""
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(
-                    path, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(
-                    path, line_no, None, f"expected a JSON object, got {type(obj).__name__}"
-                )
-            yield line_no, obj
+    for line_no, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(
+                path, line_no, None, f"malformed JSON ({e.msg} at column {e.colno})"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, line_no, None, f"expected a JSON object, got {type(obj).__name__}")
+        yield line_no, obj
 
 
 def iter_tsv(path: str | Path, *, whitespace: bool = False) -> Iterator[tuple[int, list[str]]]:
     """Yield `(line_no, columns)` for each non-blank line, split on tabs (or any whitespace)."""
-    with open_text(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            yield line_no, (line.split() if whitespace else line.split("\t"))
+    for line_no, line in iter_lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        yield line_no, (line.split() if whitespace else line.split("\t"))
 
 
 def require(obj: dict[str, Any], key: str, path: str | Path, line_no: int, kind: type | tuple = str) -> Any:

@@ -70,35 +70,22 @@ def tokenize_queries(
 def tokenize_passages(
     tokenizer: Any, titles: list[str], texts: list[str], settings: RetrievalSettings, pad: bool = True
 ) -> dict:
-    """`[CLS] prefix+title [SEP] text [SEP]` (token types 0/1) truncated to `p_max_len`; no title: text alone.
+    """`[CLS] prefix+title [SEP] text [SEP]` (token types 0/1), truncated to `p_max_len`.
 
-    With `passage_format="concat"`: one segment `prefix + title + " " + text`.
+    An empty title still gives the pair, `[CLS] [SEP] text [SEP]`, as SimLM's bi-encoder always
+    tokenises `(title, contents)` (`src/loaders/biencoder_dataloader.py`). With
+    `passage_format="concat"`: one segment `prefix + title + " " + text` (the text alone when untitled).
     """
     prefix = settings.passage_prefix
-    if settings.passage_format == "concat":
-        titles, texts = [""] * len(texts), [f"{t} {x}" if t else x for t, x in zip(titles, texts)]
-    firsts = [prefix + t if t else prefix + x for t, x in zip(titles, texts)]
-    seconds = [x if t else None for t, x in zip(titles, texts)]
     kwargs = {
         "max_length": settings.p_max_len,
         "truncation": True,
         "padding": pad,
         "return_tensors": "pt" if pad else None,
     }
-    if all(s is None for s in seconds):
-        return tokenizer(firsts, **kwargs)
-    if all(s is not None for s in seconds):
-        return tokenizer(firsts, seconds, **kwargs)
-    # mixed titled/untitled batch: tokenise unpadded one by one, then pad together
-    rows = [
-        tokenizer(f, s, max_length=settings.p_max_len, truncation=True)
-        if s is not None
-        else tokenizer(f, max_length=settings.p_max_len, truncation=True)
-        for f, s in zip(firsts, seconds)
-    ]
-    if not pad:
-        return {k: [r[k] for r in rows] for k in rows[0]}
-    return tokenizer.pad(rows, return_tensors="pt")
+    if settings.passage_format == "concat":
+        return tokenizer([prefix + (f"{t} {x}" if t else x) for t, x in zip(titles, texts)], **kwargs)
+    return tokenizer([prefix + t for t in titles], list(texts), **kwargs)
 
 
 def passage_text(title: str, text: str) -> str:

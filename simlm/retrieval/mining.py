@@ -20,9 +20,10 @@ from simlm.data.io import write_json
 class MiningConfig:
     """How negatives are drawn from a run.
 
-    depth: how many top candidates of the run are considered (SimLM: 200).
+    depth: how many top non-positive candidates of the run are considered (SimLM: 200).
     num_negatives: total negatives per example after the random fill (SimLM: 210).
-    min_random: random corpus passages added at least (SimLM: 10), more if the run has too few candidates.
+    min_random: random corpus passages added at least (SimLM: 10), more if the run has too few candidates;
+        drawn from outside the whole run and the positives.
     skip_top: ignore the top-r ranks (false-negative control for strong retrievers).
     margin: drop candidates scoring above (best positive's score - margin); None disables it.
     min_positive_grade: qrels grade that counts as a positive.
@@ -61,9 +62,10 @@ def mine_example(
         return None
     run_scores = dict(ranking)
     pos_scores = [run_score(run_scores.get(d, -1.0)) for d in positives]
-    candidates = ranking[cfg.skip_top : cfg.depth]
+    # SimLM (misc/prepare_msmarco_data.py): remove the positives from the run first, then take the top
+    # `depth`, so a positive ranked high does not cost a hard negative; skip_top drops the run's top ranks
     excluded = set(positives)
-    negatives = [(d, s) for d, s in candidates if d not in excluded]
+    negatives = [(d, s) for d, s in ranking[cfg.skip_top :] if d not in excluded][: cfg.depth]
     if cfg.margin is not None:
         retrieved = [run_scores[d] for d in positives if d in run_scores]
         if retrieved:
@@ -73,7 +75,8 @@ def mine_example(
     order = rng.permutation(len(negatives))
     n_hard = max(0, cfg.num_negatives - cfg.min_random)
     negatives = [negatives[i] for i in order[:n_hard]]
-    in_run = {d for d, _ in ranking[: cfg.depth]} | excluded
+    # the random fill excludes the whole run (not only the candidates) and the positives, as SimLM
+    in_run = {d for d, _ in ranking} | excluded
     n_random = max(cfg.num_negatives - len(negatives), 0)
     available = len(corpus) - len(in_run)
     for doc_id in _random_passages(rng, corpus, in_run, min(n_random, max(available, 0))):

@@ -18,8 +18,9 @@ What sentence-transformers reproduces (atol 1e-5, tests/test_export.py):
   which is `p_max_len`).
 - passages of a `concat` model: `encode_document(title + " " + text)` (or the text alone when untitled).
 - passages of a `pair` model (SimLM's `[CLS] title [SEP] text [SEP]`, token types 0/1):
-  `encode_document([(title, text), ...])`, a `(title, text)` tuple per titled passage and the plain text per
-  untitled one. A plain "title text" string gives other embeddings: the export logs this caveat.
+  `encode_document([(title, text), ...])`, a `(title, text)` tuple per passage, `("", text)` when untitled
+  (SimLM encodes `[CLS] [SEP] text [SEP]`). A plain "title text" string gives other embeddings: the export
+  logs this caveat.
 - separate query/passage encoders have no single-backbone equivalent: export refuses them.
 """
 
@@ -166,8 +167,8 @@ def export(encoder: TextEncoder, tokenizer: Any, out_dir: str | Path, task_lengt
         )
     if encoder.settings.passage_format == "pair":
         log.warning(
-            "passage_format=pair: with sentence-transformers encode titled passages as (title, text) "
-            "tuples, untitled ones as plain text; a 'title text' string embeds differently"
+            "passage_format=pair: with sentence-transformers encode passages as (title, text) tuples, "
+            "('', text) when untitled; a 'title text' string embeds differently"
         )
     out_dir = Path(out_dir)
     encoder.save_pretrained(out_dir, tokenizer)
