@@ -118,7 +118,10 @@ class CrossEncoderReranker(pl.LightningModule):
         for i, s in zip(index.tolist(), scores.tolist()):
             qid, doc_id = dm.val_pairs[i]
             by_query.setdefault(qid, {})[doc_id] = s
-        metrics = evaluate_run(merge_reranked(dm.val_run, by_query, dm.val_depth), dm.val_qrels)
+        threshold = getattr(getattr(dm, "data", None), "mrr_threshold", None)  # data.mrr_threshold
+        metrics = evaluate_run(
+            merge_reranked(dm.val_run, by_query, dm.val_depth), dm.val_qrels, mrr_threshold=threshold
+        )
         self.log_dict(
             {"val/mrr@10": metrics["mrr@10"], "val/ndcg@10": metrics["ndcg@10"]},
             prog_bar=True,
