@@ -5,7 +5,7 @@ With `trainer=deepspeed*` Lightning saves every checkpoint as a directory (`<nam
 consolidated with DeepSpeed's zero_to_fp32 utilities into one fp32 state dict (ZeRO-2 and ZeRO-3 alike).
 
 Every file is unpickled with `torch.load(weights_only=True)` and an allow-list of the few classes these
-checkpoints legitimately hold (`SAFE_GLOBALS`): a crafted file naming anything else (a `__reduce__`
+checkpoints legitimately hold (`_safe_globals()`): a crafted file naming anything else (a `__reduce__`
 payload calling `os.system`, say) is refused with `UnsafeCheckpointError` before any of it runs.
 DeepSpeed's zero_to_fp32 loads its files with `weights_only=False`; it runs here with its `torch.load`
 replaced by the same safe loader.

@@ -141,3 +141,26 @@ def test_nothing_turns_on_trust_remote_code():
             if re.search(r"trust_remote_code\s*[=:]\s*(True|true|1)", text):
                 offenders.append(str(path.relative_to(PROJECT_ROOT)))
     assert not offenders
+
+
+def test_deepspeed_optimizer_state_classes_are_allow_listed(tmp_path):
+    """What ZeRO-2/3 optimizer states hold (fp32 CPU runs: LossScaler; fp16 GPU runs: DynamicLossScaler)."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    state = {
+        "optimizer_state_dict": {
+            "zero_stage": ZeroStageEnum.weights,
+            "loss_scaler": DynamicLossScaler(2.0**12, 1000, 1.0, 2, False, dtype=torch.float16),
+            "static": LossScaler(1.0),
+            "param_slice_mappings": [{"w": fragment_address(numel=4, start=0)}],
+        }
+    }
+    path = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save(state, path)
+    loaded = safe_load(path)["optimizer_state_dict"]
+    assert loaded["zero_stage"] == ZeroStageEnum.weights and loaded["zero_stage"] == 3
+    assert loaded["loss_scaler"].cur_scale == 2.0**12 and loaded["loss_scaler"].dtype == torch.float16
+    assert loaded["param_slice_mappings"][0]["w"] == fragment_address(numel=4, start=0)
