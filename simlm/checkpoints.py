@@ -3,11 +3,21 @@
 With `trainer=deepspeed*` Lightning saves every checkpoint as a directory (`<name>.ckpt/`, holding
 `latest` and `checkpoint/*model_states.pt` + one `*optim_states.pt` per rank). Its weights are
 consolidated with DeepSpeed's zero_to_fp32 utilities into one fp32 state dict (ZeRO-2 and ZeRO-3 alike).
+
+Every file is unpickled with `torch.load(weights_only=True)` and an allow-list of the few classes these
+checkpoints legitimately hold (`_safe_globals()`): a crafted file naming anything else (a `__reduce__`
+payload calling `os.system`, say) is refused with `UnsafeCheckpointError` before any of it runs.
+DeepSpeed's zero_to_fp32 loads its files with `weights_only=False`; it runs here with its `torch.load`
+replaced by the same safe loader.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import pickle
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +25,97 @@ import pytorch_lightning as pl
 import torch
 
 log = logging.getLogger(__name__)
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint file holds Python objects outside the allow-list: refused, nothing of it was run."""
+
+
+def _safe_globals() -> list[Any]:
+    """Classes a Lightning / DeepSpeed checkpoint of this project may hold besides tensors and plain data.
+
+    Checked against real checkpoints (`torch.serialization.get_unsafe_globals_in_checkpoint`): the
+    project's `.ckpt` files and DeepSpeed model states need none (hyper-parameters are plain containers:
+    `stage=...` instantiates modules with `_convert_="all"`, and Lightning stores `dict(hparams)`);
+    hyper-parameters saved as omegaconf containers (a module built from a `DictConfig`) need the first
+    group; DeepSpeed's ZeRO optimizer states (read by zero_to_fp32) the second. (Lightning's
+    `AttributeDict` cannot be read with `weights_only=True` at all, allow-listed or not.)
+    """
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode, BooleanNode, BytesNode, EnumNode, FloatNode, IntegerNode, StringNode
+
+    allowed: list[Any] = [
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        AnyNode,
+        BooleanNode,
+        BytesNode,
+        EnumNode,
+        FloatNode,
+        IntegerNode,
+        StringNode,
+        typing.Any,
+        collections.defaultdict,
+        dict,
+        list,
+        int,
+        float,
+        str,
+        bool,
+    ]
+    with contextlib.suppress(ImportError):  # DeepSpeed is optional
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed += [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+    return allowed
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool | None = None) -> Any:
+    """`torch.load(path, weights_only=True)` with the checkpoint allow-list; refuses anything else."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", str(err), re.S)
+        reason = (found.group(1) if found else str(err).strip().split("\n", 1)[0]).strip()
+        reason = " ".join(reason.split(" Please use", 1)[0].split()).rstrip(".")
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it holds Python objects a SimLM/Lightning checkpoint never contains "
+            f"({reason}). Checkpoints are read with torch.load(weights_only=True) and a fixed allow-list; "
+            "load only checkpoints written by training runs you trust"
+        ) from None
+
+
+class _SafeTorch:
+    """Stands in for the `torch` module inside zero_to_fp32: everything is torch's, except `load`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f: Any, map_location: Any = None, *args: Any, mmap: bool | None = None, **kwargs: Any) -> Any:
+        return safe_load(f, map_location=map_location or "cpu", mmap=mmap)
+
+
+@contextlib.contextmanager
+def _safe_zero_to_fp32() -> Iterator[Any]:
+    """DeepSpeed's zero_to_fp32 module with its `torch.load` calls going through `safe_load`."""
+    from deepspeed.utils import zero_to_fp32
+
+    original = zero_to_fp32.torch
+    zero_to_fp32.torch = _SafeTorch()
+    try:
+        yield zero_to_fp32
+    finally:
+        zero_to_fp32.torch = original
 
 
 def is_deepspeed_checkpoint(path: str | Path) -> bool:
@@ -43,12 +144,14 @@ def checkpoint_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The LightningModule state dict of a `.ckpt` file or (consolidated to fp32) of a DeepSpeed directory."""
     path = Path(path)
     if is_deepspeed_checkpoint(path):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
         tag = _deepspeed_tag_dir(path).name
-        return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
+        with _safe_zero_to_fp32() as zero_to_fp32:
+            return zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag)
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        ckpt = safe_load(path)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+        return ckpt["state_dict"]
     raise FileNotFoundError(f"{path}: neither a Lightning .ckpt file nor a DeepSpeed checkpoint directory")
 
 
@@ -57,9 +160,11 @@ def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if is_deepspeed_checkpoint(path):
         tag = _deepspeed_tag_dir(path).name
-        ckpt = torch.load(_model_states_file(path, tag), map_location="cpu", weights_only=False)
+        ckpt = safe_load(_model_states_file(path, tag))
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = safe_load(path, mmap=True)
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: not a Lightning checkpoint (a {type(ckpt).__name__}, not a dict)")
     return dict(ckpt.get("hyper_parameters") or {})
 
 

@@ -17,7 +17,15 @@ from tests.conftest import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "simlm"
 LAYERS: list[tuple[str, ...]] = [
-    ("simlm", "simlm.config", "simlm.failures", "simlm.progress", "simlm.runtime", "simlm.distributed", "simlm.data"),
+    (
+        "simlm",
+        "simlm.config",
+        "simlm.failures",
+        "simlm.progress",
+        "simlm.runtime",
+        "simlm.distributed",
+        "simlm.data",
+    ),
     ("simlm.evaluation",),
     ("simlm.models", "simlm.losses", "simlm.optim"),
     ("simlm.retrieval",),

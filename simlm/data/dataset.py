@@ -38,16 +38,26 @@ class RetrievalData:
     `<split>.jsonl` training examples; with `task="qa"` the query files hold `question<TAB>answers`.
     `layout="demo"`: the offline stdlib-documentation set, built on first use (BEIR files).
     Every file may be gzip-compressed (`.gz`).
+
+    `mrr_threshold` (`data.mrr_threshold`): the grade from which a passage counts as relevant for MRR@10;
+    None keeps the MS MARCO rule (2 when the qrels are graded up to 3 or more, else 1).
     """
 
-    def __init__(self, root: str | Path, layout: str = "beir", task: str = "ir") -> None:
+    def __init__(
+        self, root: str | Path, layout: str = "beir", task: str = "ir", mrr_threshold: int | None = None
+    ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"data.layout must be one of {LAYOUTS}, got {layout!r}")
         if task not in ("ir", "qa"):
             raise ValueError(f"data.task must be 'ir' or 'qa', got {task!r}")
+        if mrr_threshold is not None and (
+            isinstance(mrr_threshold, bool) or not isinstance(mrr_threshold, int) or mrr_threshold < 1
+        ):
+            raise ValueError(f"data.mrr_threshold must be an integer >= 1 or null, got {mrr_threshold!r}")
         self.root = Path(root)
         self.layout = "beir" if layout == "demo" else layout
         self.task = task
+        self.mrr_threshold = mrr_threshold
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {self.root} is not a directory")
 
@@ -69,7 +79,7 @@ class RetrievalData:
                 "data.root is required (the folder holding the data set); with data=beir, "
                 "data.name=<BEIR data set, e.g. scifact> downloads it instead"
             )
-        return cls(root, layout, data_cfg.get("task", "ir"))
+        return cls(root, layout, data_cfg.get("task", "ir"), data_cfg.get("mrr_threshold", None))
 
     # ------------------------------------------------------------------ files
     def _path(self, *names: str, required: bool = True, what: str = "file") -> Path | None:
@@ -106,7 +116,7 @@ class RetrievalData:
     @functools.lru_cache(maxsize=8)  # noqa: B019 - the data object lives as long as the stage
     def _split_queries(self, split: str) -> tuple[dict[str, str], dict[str, list[str]] | None]:
         if self.layout == "beir":
-            qrels = self.qrels(split)
+            qrels = self.qrels(split, check_docs=False)  # the query ids only: no need to read the corpus
             all_queries = self._beir_queries
             return {qid: all_queries[qid] for qid in qrels}, None
         path = self._path(f"{split}_queries.tsv", what=f"queries for split '{split}'")
@@ -130,8 +140,14 @@ class RetrievalData:
         return self.qrels_path(split, required=False) is not None
 
     @functools.lru_cache(maxsize=8)  # noqa: B019
-    def qrels(self, split: str, check_docs: bool = False) -> Qrels:
-        """Judgements of `split`; ids are checked against the queries (and the corpus with `check_docs`)."""
+    def qrels(self, split: str, check_docs: bool = True) -> Qrels:
+        """Judgements of `split`, ids checked against the queries and (`check_docs`) the corpus.
+
+        A judgement naming a passage the corpus lacks raises `DataFormatError` (file, line, field): it
+        would count as a relevant passage no run can retrieve. The check is one hash (or, for SimLM's
+        row-number ids, arithmetic) lookup per judgement; it loads the corpus if it is not loaded yet.
+        Grades are integers; <= 0 (e.g. -1) means judged not relevant (see `simlm.evaluation.metrics`).
+        """
         path = self.qrels_path(split)
         doc_ids = self.corpus if check_docs else None
         if self.layout == "beir":

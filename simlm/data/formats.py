@@ -127,10 +127,20 @@ def _check_ids(
 
 
 def _parse_grade(value: str, path: str | Path, line_no: int, name: str) -> int:
+    """An integer relevance grade ("2", also "2.0"); <= 0 (e.g. -1) means judged not relevant."""
     try:
-        return int(float(value))
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        number = float(value)
     except ValueError:
         raise DataFormatError(path, line_no, name, f"relevance must be a number, got {value!r}") from None
+    if not number.is_integer():
+        raise DataFormatError(
+            path, line_no, name, f"relevance must be an integer grade, got {value!r} (not truncated)"
+        )
+    return int(number)
 
 
 def read_beir_qrels(

@@ -6,19 +6,34 @@ Conventions shared by every function here:
   broken upstream), no function re-sorts by score.
 * Averages are taken over all judged queries (the keys of the qrels, or of the answers for QA). A judged
   query absent from the run, or with an empty ranking, scores 0 on every metric. Run queries without
-  judgements are ignored.
+  judgements are ignored (:func:`check_run_coverage` refuses a run that shares no query with them).
+* Grades are integers. A grade <= 0 is "judged not relevant": the query still counts as judged, the
+  document is never relevant (gain 0 for nDCG, not counted by recall, MAP or MRR). Negative grades
+  (e.g. -1, as several classic collections use) are treated exactly as 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Collection, Sequence
 from operator import itemgetter
 
 import pytrec_eval
 
 from simlm.evaluation.answers import has_answer
 
-__all__ = ["Qrels", "Run", "answer_accuracy", "evaluate_run", "mrr_at_k", "trec_metrics"]
+__all__ = [
+    "Qrels",
+    "Run",
+    "answer_accuracy",
+    "check_run_coverage",
+    "evaluate_run",
+    "mrr_at_k",
+    "mrr_threshold",
+    "trec_metrics",
+]
+
+log = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]
 """qid -> {doc_id: relevance grade}."""
@@ -27,21 +42,31 @@ Run = dict[str, list[tuple[str, float]]]
 """qid -> [(doc_id, score), ...] ranked best first."""
 
 
-def _msmarco_threshold(qrels: Qrels) -> int:
+def mrr_threshold(qrels: Qrels, setting: int | None = None) -> int:
+    """The grade from which a document counts as relevant for MRR.
+
+    ``setting`` (the data set's ``data.mrr_threshold``) when given, else the MS MARCO / SimLM rule: 2 when
+    the largest grade in ``qrels`` is >= 3 (TREC DL, graded 0..3), else 1.
+    """
+    if setting is not None:
+        if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+            raise ValueError(f"data.mrr_threshold must be an integer >= 1 or null, got {setting!r}")
+        return setting
     max_grade = max((grade for judged in qrels.values() for grade in judged.values()), default=0)
     return 2 if max_grade >= 3 else 1
 
 
-def mrr_at_k(run: Run, qrels: Qrels, k: int = 10) -> float:
+def mrr_at_k(run: Run, qrels: Qrels, k: int = 10, threshold: int | None = None) -> float:
     """Mean reciprocal rank of the first relevant document within each query's top ``k``, as a fraction.
 
-    Follows the MS MARCO / SimLM definition: a document is relevant when its grade is >= 2 if the largest
-    grade in ``qrels`` is >= 3 (TREC DL graded 0..3), else >= 1. The run's list order is used as the
-    ranking. The mean is over all queries in ``qrels``; a query missing from the run contributes 0.
+    Follows the MS MARCO / SimLM definition: a document is relevant when its grade is >= ``threshold``
+    (default: :func:`mrr_threshold`, i.e. 2 if the largest grade in ``qrels`` is >= 3, else 1). The run's
+    list order is used as the ranking. The mean is over all queries in ``qrels``; a query missing from
+    the run contributes 0.
     """
     if not qrels:
         return 0.0
-    threshold = _msmarco_threshold(qrels)
+    threshold = mrr_threshold(qrels, threshold)
     total = 0.0
     for qid, judged in qrels.items():
         for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:k], start=1):
@@ -103,6 +128,9 @@ def trec_metrics(
         return totals
 
     judged_qrels = {qid: judged for qid, judged in qrels.items() if judged}
+    if any(grade < 0 for judged in judged_qrels.values() for grade in judged.values()):
+        # judged not relevant: gain 0 (trec_eval would otherwise be free to use a negative gain)
+        judged_qrels = {q: {d: max(g, 0) for d, g in j.items()} for q, j in judged_qrels.items()}
     score_cache: dict[int, list[float]] = {}
     trec_run = {qid: _rank_scores(run[qid], score_cache) for qid in judged_qrels if run.get(qid)}
     if trec_run:
@@ -120,13 +148,42 @@ def evaluate_run(
     ndcg_ks: Sequence[int] = (10,),
     recall_ks: Sequence[int] = (50, 100, 1000),
     map_: bool = True,
+    mrr_threshold: int | None = None,
 ) -> dict[str, float]:
-    """All ranking metrics for ``run``: ``mrr@{mrr_k}`` (see :func:`mrr_at_k`), the :func:`trec_metrics`
-    keys, and ``num_queries`` (the number of judged queries every metric is averaged over)."""
-    metrics: dict[str, float] = {f"mrr@{mrr_k}": mrr_at_k(run, qrels, k=mrr_k)}
+    """All ranking metrics for ``run``: ``mrr@{mrr_k}`` (see :func:`mrr_at_k`, relevance from grade
+    ``mrr_threshold``, default the MS MARCO rule), the :func:`trec_metrics` keys, and ``num_queries``
+    (the number of judged queries every metric is averaged over)."""
+    metrics: dict[str, float] = {f"mrr@{mrr_k}": mrr_at_k(run, qrels, k=mrr_k, threshold=mrr_threshold)}
     metrics.update(trec_metrics(run, qrels, ndcg_ks=ndcg_ks, recall_ks=recall_ks, map_=map_))
     metrics["num_queries"] = len(qrels)
     return metrics
+
+
+def check_run_coverage(run: Run, judged: Collection[str], run_name: str, split: str) -> None:
+    """Refuse a run that shares no query with the judged queries of ``split``; warn below half coverage.
+
+    Metrics average over the judged queries, so a run of another split (or with other query ids) would
+    otherwise score an all-zero table.
+    """
+    if not judged:
+        return
+    covered = sum(1 for qid in judged if qid in run)
+    if covered == 0:
+        example_run = ", ".join(repr(q) for q in list(run)[:3]) or "none"
+        example_judged = ", ".join(repr(q) for q in list(judged)[:3])
+        raise ValueError(
+            f"{run_name}: none of its {len(run)} query ids is judged in split '{split}' "
+            f"({len(judged)} judged queries; run ids e.g. {example_run}, judged ids e.g. {example_judged}): "
+            "is it a run of another split or data set?"
+        )
+    if covered * 2 < len(judged):
+        log.warning(
+            "%s covers only %d of the %d judged queries of split '%s' (the others count 0 in every metric)",
+            run_name,
+            covered,
+            len(judged),
+            split,
+        )
 
 
 def answer_accuracy(

@@ -117,7 +117,8 @@ class CrossEncoderReranker(pl.LightningModule):
             scores = self.all_gather(scores).reshape(-1)
         pairs = [dm.val_pairs[i] for i in index.tolist()]
         reranked = merge_rerank_scores(dm.val_run, pairs, scores.tolist(), dm.val_depth)
-        metrics = evaluate_run(reranked, dm.val_qrels)
+        threshold = getattr(getattr(dm, "data", None), "mrr_threshold", None)  # data.mrr_threshold
+        metrics = evaluate_run(reranked, dm.val_qrels, mrr_threshold=threshold)
         self.log_dict(
             {"val/mrr@10": metrics["mrr@10"], "val/ndcg@10": metrics["ndcg@10"]},
             prog_bar=True,

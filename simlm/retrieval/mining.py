@@ -26,7 +26,7 @@ class MiningConfig:
         drawn from outside the whole run and the positives.
     skip_top: ignore the top-r ranks (false-negative control for strong retrievers).
     margin: drop candidates scoring above (best positive's score - margin); None disables it.
-    min_positive_grade: qrels grade that counts as a positive.
+    min_positive_grade: qrels grade from which a passage is a positive (>= 1; <= 0 is judged not relevant).
     """
 
     depth: int = 200
@@ -40,6 +40,8 @@ class MiningConfig:
     def __post_init__(self) -> None:
         if self.depth < 0 or self.num_negatives < 0 or self.min_random < 0 or self.skip_top < 0:
             raise ValueError("depth, num_negatives, min_random and skip_top must be >= 0")
+        if self.min_positive_grade < 1:  # grades <= 0 (e.g. -1) are judged not relevant, never positives
+            raise ValueError(f"min_positive_grade must be >= 1, got {self.min_positive_grade}")
 
 
 def _query_rng(seed: int, qid: str) -> np.random.Generator:

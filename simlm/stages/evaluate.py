@@ -16,7 +16,7 @@ def run(cfg: DictConfig) -> Metrics:
         raise ValueError("stage=evaluate needs stage.run_file=<path to a TREC or MS MARCO run>")
     split = cfg.data.eval_split
     data = RetrievalData.from_config(cfg.data)
-    scores = evaluate(read_run(cfg.stage.run_file), data, split)
+    scores = evaluate(read_run(cfg.stage.run_file), data, split, run_name=str(cfg.stage.run_file))
     if scores is None:
         raise FileNotFoundError(
             f"split '{split}' of {data.root} has no qrels (or answers) to evaluate against"
