@@ -16,15 +16,15 @@ __all__ = ["MAX_LENGTH", "load_reranker", "load_reranker_model", "passage_text",
 
 
 def load_reranker_model(name_or_path: str, with_new_weights: bool = False) -> Any:
-    """`AutoModelForSequenceClassification` with one logit (hub id or folder; encoder-only checkpoints such
-    as ELECTRA's discriminator or BERT/MiniLM get a newly initialised head).
+    """`AutoModelForSequenceClassification` with one logit, in float32 (hub id or folder; encoder-only
+    checkpoints such as ELECTRA's discriminator or BERT/MiniLM get a newly initialised head).
 
     `with_new_weights`: return `(model, names)`, the names of the parameters the checkpoint did not hold.
     """
     from transformers import AutoModelForSequenceClassification
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        str(name_or_path), num_labels=1, output_loading_info=True
+        str(name_or_path), num_labels=1, output_loading_info=True, dtype=torch.float32
     )
     if not with_new_weights:
         return model

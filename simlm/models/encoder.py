@@ -49,13 +49,14 @@ MODEL_SETTING_KEYS = (
 
 
 def load_backbone(name_or_path: str | Path) -> nn.Module:
-    """`AutoModel` without BERT's pooler (unused, and it breaks DDP's unused-parameter check)."""
+    """`AutoModel` in float32, without BERT's pooler (unused, and it breaks DDP's unused-parameter check)."""
     from transformers import AutoModel
 
+    # fp32 master weights whatever dtype the checkpoint was saved in (SimLM's releases are float16)
     try:
-        return AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False)
+        return AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False, dtype=torch.float32)
     except TypeError:  # architectures without a pooler do not take the argument
-        return AutoModel.from_pretrained(str(name_or_path))
+        return AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from simlm.checkpoints import load_best_weights
 from simlm.loggers import log_run_config
+from simlm.runtime import resolve_device, resolve_precision
 from simlm.stages import Metrics, format_metrics
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,11 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Tra
     if not loggers:  # LearningRateMonitor refuses to run without a logger (logger=none)
         callbacks = [cb for cb in callbacks if not isinstance(cb, pl.callbacks.LearningRateMonitor)]
     log_run_config(loggers, cfg)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides: dict[str, Any] = {}
+    if str(cfg.trainer.get("precision")).lower() == "auto":  # Lightning takes no `auto`: choose here
+        device_type = resolve_device(cfg.trainer.get("accelerator", "auto")).type
+        overrides["precision"] = resolve_precision("auto", device_type)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 def run(cfg: DictConfig) -> Metrics:

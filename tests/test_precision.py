@@ -1,0 +1,109 @@
+"""Precision chosen for the hardware (`trainer.precision=auto`) and fp32 master weights for every model."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import simlm.runtime as runtime
+from simlm.models.cross_encoder import load_reranker_model
+from simlm.models.encoder import TextEncoder, load_tokenizer, tokenize_passages, tokenize_queries
+
+
+@pytest.fixture(params=[True, False], ids=["native-bf16-cpu", "avx2-only-cpu"])
+def cpu_bf16(request, monkeypatch):
+    """Both CPU kinds, whatever this machine is: the detection is replaced, the choice is real."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: request.param)
+    monkeypatch.setattr(runtime, "_LOGGED", set())
+    return request.param
+
+
+def test_auto_picks_bf16_only_on_cpus_with_native_bf16(cpu_bf16):
+    assert runtime.resolve_precision("auto", "cpu") == ("bf16-mixed" if cpu_bf16 else "32-true")
+    assert runtime.resolve_precision("auto", "cuda") == "16-mixed"
+
+
+def test_explicit_precision_always_wins(cpu_bf16):
+    assert runtime.resolve_precision("32-true", "cpu") == "32-true"
+    assert runtime.resolve_precision("bf16", "cpu") == "bf16-mixed"
+    with pytest.raises(ValueError, match="unknown precision"):
+        runtime.resolve_precision("fp16", "cpu")
+
+
+def test_the_choice_is_logged_once_with_its_reason(cpu_bf16, caplog):
+    with caplog.at_level(logging.INFO, logger="simlm.runtime"):
+        for _ in range(3):
+            runtime.resolve_precision("auto", "cpu")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
+    expected = "bf16-mixed (CPU has native bf16)" if cpu_bf16 else "32-true (CPU has no native bf16"
+    assert len(lines) == 1 and lines[0].startswith(f"precision: {expected}")
+
+
+def test_inference_runtime_and_training_trainer_follow_auto(cpu_bf16, compose, tiny_bert):
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "auto"}})
+    assert runtime.Runtime.from_config(cfg).precision == ("bf16-mixed" if cpu_bf16 else "32-true")
+
+    from simlm.stages.train import build_trainer
+
+    trainer_cfg = compose("stage=biencoder", f"model.name_or_path={tiny_bert}", "trainer.precision=auto")
+    trainer = build_trainer(trainer_cfg, [])
+    assert trainer.precision == ("bf16-mixed" if cpu_bf16 else "32-true")
+
+
+def test_detection_agrees_with_the_cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set(f.read().split())
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system")  # pragma: no cover
+    assert runtime.cpu_has_native_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@pytest.fixture(scope="module")
+def fp16_checkpoint(tmp_path_factory, tiny_bert):
+    """The tiny BERT saved in float16, as SimLM's released checkpoints are."""
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    out = tmp_path_factory.mktemp("fp16-bert")
+    AutoModelForMaskedLM.from_pretrained(str(tiny_bert)).half().save_pretrained(out)
+    load_tokenizer(tiny_bert).save_pretrained(out)
+    assert next(AutoModel.from_pretrained(str(out)).parameters()).dtype == torch.float16  # the trap
+    return out
+
+
+def test_every_model_loads_an_fp16_checkpoint_in_float32(fp16_checkpoint):
+    from simlm.models.rlm import load_mlm
+
+    encoder = TextEncoder.from_pretrained(fp16_checkpoint)
+    for model in (encoder, load_reranker_model(str(fp16_checkpoint)), load_mlm(fp16_checkpoint)):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_one_training_step_from_an_fp16_checkpoint_is_finite_and_stays_fp32(fp16_checkpoint):
+    from simlm.losses import contrastive_loss
+
+    torch.manual_seed(0)
+    encoder = TextEncoder.from_pretrained(fp16_checkpoint)
+    encoder.train()
+    tokenizer = load_tokenizer(fp16_checkpoint)
+    queries = tokenize_queries(tokenizer, ["what is a heap", "sort a list"], encoder.settings)
+    passages = tokenize_passages(
+        tokenizer,
+        ["heapq", "x", "sorted", "y"],
+        ["a heap queue", "other", "sort items", "misc"],
+        encoder.settings,
+    )
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3)
+    for _ in range(2):
+        loss, _ = contrastive_loss(
+            encoder.encode(dict(queries), True), encoder.encode(dict(passages), False), 2, 0.02
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert math.isfinite(loss.item())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in encoder.parameters())
