@@ -22,7 +22,8 @@ class CrossEncoderReranker(pl.LightningModule):
     positive is forced to the top and the n/f highest are trained on (the positive + the hardest
     negatives). `rdrop`: the kept rows run twice (two dropout samples) and the loss is
     `simlm.losses.rdrop_loss` (CE on both + `rdrop_weight` x symmetric KL). Validation scores the
-    datamodule's `val_pairs` and logs `val/mrr@10` and `val/ndcg@10` of the re-ranked `val_run`.
+    datamodule's `val_pairs` and logs `val/mrr@10` and `val/ndcg@10` of the re-ranked `val_run`, and
+    `val/group_acc` (`group_accuracy`: SimLM's model-selection metric).
     `head_lr`: peak lr of the weights the checkpoint lacked (a fresh classification head); default `lr`.
     """
 
@@ -120,7 +121,11 @@ class CrossEncoderReranker(pl.LightningModule):
             by_query.setdefault(qid, {})[doc_id] = s
         metrics = evaluate_run(merge_reranked(dm.val_run, by_query, dm.val_depth), dm.val_qrels)
         self.log_dict(
-            {"val/mrr@10": metrics["mrr@10"], "val/ndcg@10": metrics["ndcg@10"]},
+            {
+                "val/mrr@10": metrics["mrr@10"],
+                "val/ndcg@10": metrics["ndcg@10"],
+                "val/group_acc": group_accuracy(by_query, dm.val_qrels),
+            },
             prog_bar=True,
             sync_dist=False,
         )
@@ -140,3 +145,18 @@ class CrossEncoderReranker(pl.LightningModule):
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         return out_dir
+
+
+def group_accuracy(scores: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> float:
+    """SimLM's re-ranker `acc`: the share of validation groups whose top-scored passage is a positive.
+
+    A query's group is its scored candidates; queries whose candidates hold no positive (grade >= 1)
+    are left out, as SimLM's groups always hold one. Ties go to the lower doc id. 0.0 without groups.
+    """
+    hits = []
+    for qid, by_doc in scores.items():
+        positives = {d for d, grade in qrels.get(qid, {}).items() if grade >= 1}
+        if by_doc and positives & by_doc.keys():
+            top = min(by_doc, key=lambda d: (-by_doc[d], d))
+            hits.append(top in positives)
+    return sum(hits) / len(hits) if hits else 0.0
