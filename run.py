@@ -1,4 +1,4 @@
-"""simlm entry point: `python run.py stage=<stage> data=<data> [+experiment=<name>] [overrides]`."""
+"""simlm entry point: `.venv/bin/python run.py stage=<stage> data=<data> [+experiment=<name>] [overrides]`."""
 
 import os
 from pathlib import Path
@@ -8,7 +8,7 @@ os.environ.setdefault("SIMLM_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from simlm.config import register_resolvers  # noqa: E402
+from simlm.config import register_resolvers, warn_deprecated_options  # noqa: E402
 
 register_resolvers()
 
@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> float | None:
     from simlm.failures import report_failure, run_log_file
     from simlm.stages import run_stage
 
+    warn_deprecated_options()
     try:
         return run_stage(cfg)
     except Exception as error:

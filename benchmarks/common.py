@@ -11,20 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from simlm.config import find_scifact, scifact_candidates
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SCIFACT = next(
-    (
-        p.resolve()
-        for p in (
-            Path(os.environ.get("SIMLM_SCIFACT", "/nonexistent")),
-            PROJECT_ROOT / ".." / "shared" / "data" / "scifact",
-            Path("/work/shared/data/scifact"),
-        )
-        if (p / "corpus.jsonl").exists()
-    ),
-    (PROJECT_ROOT / ".." / "shared" / "data" / "scifact").resolve(),
-)
+# one lookup (simlm.config, also behind `data=scifact`): $SIMLM_SCIFACT, else ../shared, /work/shared
+SCIFACT = find_scifact() or scifact_candidates()[0].resolve()
 
 
 def peak_rss_mb() -> float:

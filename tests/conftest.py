@@ -13,7 +13,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-from benchmarks.common import SCIFACT  # noqa: E402  (one lookup: $SIMLM_SCIFACT, ../shared, /work/shared)
+from benchmarks.common import SCIFACT  # noqa: E402  (simlm.config.find_scifact: the lookup data=scifact uses)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def test_experiment_runs_two_steps_with_a_tiny_model(
     ]
     if stage != "bm25":
         overrides += ["++trainer.max_steps=2", "++trainer.limit_val_batches=2", "trainer.max_epochs=1"]
-    if stage in ("biencoder", "kd_biencoder", "reranker"):
+    if stage in ("biencoder", "kd_biencoder", "train_reranker"):
         overrides += [
             f"stage.datamodule.train_file={small_beir_bm25 / 'train.jsonl'}",
             "stage.datamodule.batch_size=2",
@@ -51,7 +51,7 @@ def test_experiment_runs_two_steps_with_a_tiny_model(
         ]
     if stage == "kd_biencoder":  # BM25 scores stand in for teacher logits
         overrides += ["stage.train_n_passages=4"]
-    if stage == "reranker":
+    if stage == "train_reranker":
         overrides += [
             "stage.train_n_passages=4",
             "stage.module.forward_factor=2",

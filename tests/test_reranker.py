@@ -1,5 +1,5 @@
 """Cross-encoder re-ranker: its losses through the module, forward-factor selection, scoring, the merge
-rule, the datamodule, and `stage=reranker` / `stage=rerank` end to end on a tiny model."""
+rule, the datamodule, and `stage=train_reranker` / `stage=rerank` end to end on a tiny model."""
 
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ def test_merge_keeps_the_rest_of_the_run_below_in_its_order():
 
 def reranker_overrides(small_beir, tiny_reranker, train_file, *extra):
     return (
-        "stage=reranker",
+        "stage=train_reranker",
         "data=beir",
         f"data.root={small_beir}",
         f"model.name_or_path={tiny_reranker}",
@@ -297,7 +297,7 @@ def test_train_reranker_then_rerank_a_run(compose, tmp_path, small_beir, small_b
     )
     run_stage(cfg)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["val"]) == {"mrr@10", "ndcg@10"}
+    assert set(metrics["val"]) == {"mrr@10", "ndcg@10", "group_acc"}
     model_dir = out / "model"
     model, tokenizer = load_reranker(str(model_dir))
     assert model.config.num_labels == 1
@@ -379,3 +379,17 @@ def test_ddp_validation_gathers_every_ranks_pairs(
     single = run(tmp_path / "one")
     ddp = run(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
     assert ddp == pytest.approx(single, abs=1e-6)
+
+
+def test_group_accuracy_is_the_share_of_groups_whose_top_passage_is_a_positive():
+    from simlm.modules.reranker import group_accuracy
+
+    scores = {
+        "q1": {"p": 2.0, "n1": 1.0, "n2": 0.5},  # positive on top
+        "q2": {"p": 0.1, "n1": 1.0},  # a negative on top
+        "q3": {"n1": 3.0, "n2": 1.0},  # no positive among the candidates: not a group
+        "q4": {"a": 1.0, "b": 1.0},  # a tie goes to the lower doc id: "a", the positive
+    }
+    qrels = {"q1": {"p": 1}, "q2": {"p": 2, "n1": 0}, "q3": {"p": 1}, "q4": {"a": 1}}
+    assert group_accuracy(scores, qrels) == pytest.approx(2 / 3)
+    assert group_accuracy({}, qrels) == 0.0

@@ -189,7 +189,8 @@ class BiEncoderDataModule(CorpusDataModule):
         path = data.examples_path(split)
         if path is None:
             raise FileNotFoundError(
-                f"no training examples: {data.root} has no {split}.jsonl. Run `python run.py stage=bm25 data=...` "
+                f"no training examples: {data.root} has no {split}.jsonl. Run "
+                "`.venv/bin/python run.py stage=bm25 data=...` "
                 "(BM25 negatives) or stage=mine, and pass stage.datamodule.train_file=<its train.jsonl>"
             )
         return path

@@ -13,7 +13,7 @@ from simlm.evaluation import evaluate_run
 from simlm.losses import listwise_ce, rdrop_loss, select_hard_passages
 from simlm.models.cross_encoder import load_reranker_model
 from simlm.modules.common import set_sampling_epoch, warmup_decay_optimizers
-from simlm.retrieval.rerank import merge_rerank_scores
+from simlm.retrieval.rerank import merge_reranked, scores_by_query
 
 
 class CrossEncoderReranker(pl.LightningModule):
@@ -23,7 +23,8 @@ class CrossEncoderReranker(pl.LightningModule):
     positive is forced to the top and the n/f highest are trained on (the positive + the hardest
     negatives). `rdrop`: the kept rows run twice (two dropout samples) and the loss is
     `simlm.losses.rdrop_loss` (CE on both + `rdrop_weight` x symmetric KL). Validation scores the
-    datamodule's `val_pairs` and logs `val/mrr@10` and `val/ndcg@10` of the re-ranked `val_run`.
+    datamodule's `val_pairs` and logs `val/mrr@10` and `val/ndcg@10` of the re-ranked `val_run`, and
+    `val/group_acc` (`group_accuracy`: SimLM's model-selection metric).
     `head_lr`: peak lr of the weights the checkpoint lacked (a fresh classification head); default `lr`.
     """
 
@@ -115,12 +116,16 @@ class CrossEncoderReranker(pl.LightningModule):
         if self.trainer.world_size > 1:  # every rank scored its share (padded with repeats): gather all
             index = self.all_gather(index).reshape(-1)
             scores = self.all_gather(scores).reshape(-1)
-        pairs = [dm.val_pairs[i] for i in index.tolist()]
-        reranked = merge_rerank_scores(dm.val_run, pairs, scores.tolist(), dm.val_depth)
+        by_query = scores_by_query([dm.val_pairs[i] for i in index.tolist()], scores.tolist())
+        reranked = merge_reranked(dm.val_run, by_query, dm.val_depth)
         threshold = getattr(getattr(dm, "data", None), "mrr_threshold", None)  # data.mrr_threshold
         metrics = evaluate_run(reranked, dm.val_qrels, mrr_threshold=threshold)
         self.log_dict(
-            {"val/mrr@10": metrics["mrr@10"], "val/ndcg@10": metrics["ndcg@10"]},
+            {
+                "val/mrr@10": metrics["mrr@10"],
+                "val/ndcg@10": metrics["ndcg@10"],
+                "val/group_acc": group_accuracy(by_query, dm.val_qrels),
+            },
             prog_bar=True,
             sync_dist=False,
         )
@@ -140,3 +145,18 @@ class CrossEncoderReranker(pl.LightningModule):
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         return out_dir
+
+
+def group_accuracy(scores: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> float:
+    """SimLM's re-ranker `acc`: the share of validation groups whose top-scored passage is a positive.
+
+    A query's group is its scored candidates; queries whose candidates hold no positive (grade >= 1)
+    are left out, as SimLM's groups always hold one. Ties go to the lower doc id. 0.0 without groups.
+    """
+    hits = []
+    for qid, by_doc in scores.items():
+        positives = {d for d, grade in qrels.get(qid, {}).items() if grade >= 1}
+        if by_doc and positives & by_doc.keys():
+            top = min(by_doc, key=lambda d: (-by_doc[d], d))
+            hits.append(top in positives)
+    return sum(hits) / len(hits) if hits else 0.0

@@ -158,7 +158,8 @@ def load_and_score(
 
 
 def merge_reranked(run: Run, scores: dict[str, dict[str, float]], depth: int) -> Run:
-    """SimLM's re-rank merge (`src/data_utils.py` of the original), per query of `run`.
+    """SimLM's re-rank merge (`src/data_utils.py` of the original), per query of `run`: the one merge of
+    `stage=rerank` and of the re-ranker's validation.
 
     The top-`depth` candidates are ordered by their re-ranker score (ties by doc id); everything else
     of the run follows in its original order with synthetic scores (lowest re-ranked score - i - 1), so
@@ -176,15 +177,12 @@ def merge_reranked(run: Run, scores: dict[str, dict[str, float]], depth: int) ->
     return merged
 
 
-def merge_rerank_scores(
-    run: Run, pairs: Iterable[tuple[str, str]], scores: Iterable[float], depth: int
-) -> Run:
-    """`run` re-ranked by the scores of its `(qid, doc id)` candidate pairs (`rerank_candidates`).
+def scores_by_query(pairs: Iterable[tuple[str, str]], scores: Iterable[float]) -> dict[str, dict[str, float]]:
+    """`{qid: {doc id: score}}` of scored `(qid, doc id)` candidate pairs, the input of `merge_reranked`.
 
-    The one merge of `stage=rerank` and of the re-ranker's validation; a pair seen twice (ranks padding
-    their last batch) keeps its last score.
+    A pair seen twice (ranks padding their last batch) keeps its last score.
     """
     by_query: dict[str, dict[str, float]] = {}
     for (qid, doc_id), score in zip(pairs, scores):
         by_query.setdefault(qid, {})[doc_id] = float(score)
-    return merge_reranked(run, by_query, depth)
+    return by_query

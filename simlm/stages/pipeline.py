@@ -108,7 +108,7 @@ STEPS: dict[str, Step] = {
         ),
         Step(
             "reranker",
-            "reranker",
+            "train_reranker",
             lambda ctx: [
                 f"model.name_or_path={ctx.reranker_model}",
                 f"stage.datamodule.train_file={_mined(ctx)}",
@@ -189,22 +189,53 @@ def _group_choices(cfg: DictConfig) -> dict[str, str]:
     return {}
 
 
+# Renamed stages hash under their old name: the rename alone redoes no complete step.
+HASHED_AS = {"train_reranker": "reranker"}
+# Settings declared only so that `key=value` overrides work without `+`, at the value that means "not
+# set". They are hashed as absent, so declaring them did not change the hash of steps completed before.
+NEUTRAL_FLAGS = {
+    ("trainer", "max_steps"): -1,
+    ("callbacks", "model_checkpoint", "enabled"): True,
+    ("callbacks", "lr_monitor", "enabled"): True,
+    ("stage", "callbacks", "retrieval_evaluation", "enabled"): True,
+}
+
+
 def config_hash(sub: DictConfig, previous: str) -> str:
     """Hash of what a step's result depends on, chained with the hash of the steps before it.
 
     Every stage depends on `stage`, `data`, `model` and `seed`; training stages also on `trainer` and
     `callbacks`. Loggers, paths and where the data cache lives (`data.cache_dir`, e.g. `$SIMLM_CACHE`)
-    do not change results, so changing them does not redo a step.
+    do not change results, so changing them does not redo a step; nor do the NEUTRAL_FLAGS at their
+    neutral value or a stage's rename (HASHED_AS).
     """
     keys = ["stage", "data", "model", "seed"]
     if sub.stage.entry == "simlm.stages.train.run":
         keys += ["trainer", "callbacks"]
     resolved = OmegaConf.to_container(sub, resolve=True)
-    hashed = {k: resolved.get(k) for k in keys}
+    hashed = {k: _without_neutral(k, resolved.get(k)) for k in keys}
+    if isinstance(hashed["stage"], dict) and hashed["stage"].get("name") in HASHED_AS:
+        hashed["stage"] = {**hashed["stage"], "name": HASHED_AS[hashed["stage"]["name"]]}
     if isinstance(hashed["data"], dict):
         hashed["data"] = {k: v for k, v in hashed["data"].items() if k != "cache_dir"}
     text = json.dumps(hashed, sort_keys=True, default=str)
     return hashlib.sha256((previous + "\n" + text).encode("utf-8")).hexdigest()
+
+
+def _without_neutral(key: str, value: Any) -> Any:
+    """`value` (the resolved `key` subtree) without the NEUTRAL_FLAGS under `key` that hold their value."""
+    for path, neutral in NEUTRAL_FLAGS.items():
+        if path[0] == key:
+            value = _drop(value, path[1:], neutral)
+    return value
+
+
+def _drop(tree: Any, path: tuple[str, ...], neutral: Any) -> Any:
+    if not isinstance(tree, dict) or path[0] not in tree:
+        return tree
+    if len(path) == 1:
+        return {k: v for k, v in tree.items() if k != path[0]} if tree[path[0]] == neutral else tree
+    return {**tree, path[0]: _drop(tree[path[0]], path[1:], neutral)}
 
 
 def _is_complete(step_dir: Path, digest: str) -> bool:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_run, rerank_candidates
 from simlm.evaluation import evaluate
-from simlm.retrieval.rerank import load_and_score, merge_rerank_scores
+from simlm.retrieval.rerank import load_and_score, merge_reranked, scores_by_query
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
@@ -60,7 +60,7 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     )
     if not runtime.is_main:
         return {}
-    reranked = merge_rerank_scores(run_in, candidates, scores.tolist(), depth)
+    reranked = merge_reranked(run_in, scores_by_query(candidates, scores.tolist()), depth)
     write_run_files(Path(cfg.paths.output_dir), split, reranked, tag=str(stage.get("tag", "rerank")))
     metrics: Metrics = {}
     after = evaluate(reranked, data, split)
