@@ -1,7 +1,7 @@
 """The one training stage: instantiate `stage.module` + `stage.datamodule`, callbacks, loggers, Trainer; fit;
 save the best model as a Hugging Face folder; evaluate it on `data.eval_split`.
 
-rlm, biencoder, kd_biencoder and reranker differ only in their `conf/stage/<name>.yaml`.
+rlm, biencoder, kd_biencoder and train_reranker differ only in their `conf/stage/<name>.yaml`.
 """
 
 from __future__ import annotations
