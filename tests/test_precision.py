@@ -107,3 +107,27 @@ def test_one_training_step_from_an_fp16_checkpoint_is_finite_and_stays_fp32(fp16
         optimizer.step()
         assert math.isfinite(loss.item())
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in encoder.parameters())
+
+
+# ----------------------------------------------------------------------------- attention dropout
+def _attention_dropouts(module: torch.nn.Module) -> set[float]:
+    return {float(m.config.attention_probs_dropout_prob) for m in module.modules() if hasattr(m, "config")}
+
+
+def test_attention_dropout_is_a_model_setting_that_defaults_to_the_checkpoints(tiny_bert):
+    assert _attention_dropouts(TextEncoder.from_pretrained(tiny_bert)) == {0.1}  # BERT's default
+    assert _attention_dropouts(TextEncoder.from_pretrained(tiny_bert, attention_dropout=0.0)) == {0.0}
+    with pytest.raises(ValueError, match="model.attention_dropout must be in"):
+        TextEncoder.from_pretrained(tiny_bert, attention_dropout=1.5)
+
+
+@pytest.mark.parametrize("stage", ["biencoder", "kd_biencoder", "train_reranker", "rlm"])
+def test_every_training_stage_applies_model_attention_dropout(stage, compose, tiny_bert):
+    from hydra.utils import instantiate
+
+    extra = ["stage.module.generator.name_or_path=null", "stage.module.generator.freeze=false"]
+    base = [f"stage={stage}", f"model.name_or_path={tiny_bert}", *(extra if stage == "rlm" else [])]
+    for value, expected in (("null", 0.1), ("0", 0.0)):
+        module = instantiate(compose(*base, f"model.attention_dropout={value}").stage.module, _convert_="all")
+        trained = {"rlm": "encoder", "train_reranker": "model"}.get(stage, "encoder")
+        assert _attention_dropouts(getattr(module, trained)) == {expected}

@@ -11,20 +11,26 @@ from typing import Any
 import torch
 
 from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
+from simlm.models.encoder import backbone_config
 
 __all__ = ["MAX_LENGTH", "load_reranker", "load_reranker_model", "passage_text", "tokenize_pairs"]
 
 
-def load_reranker_model(name_or_path: str, with_new_weights: bool = False) -> Any:
+def load_reranker_model(
+    name_or_path: str, with_new_weights: bool = False, attention_dropout: float | None = None
+) -> Any:
     """`AutoModelForSequenceClassification` with one logit, in float32 (hub id or folder; encoder-only
     checkpoints such as ELECTRA's discriminator or BERT/MiniLM get a newly initialised head).
 
     `with_new_weights`: return `(model, names)`, the names of the parameters the checkpoint did not hold.
+    `attention_dropout`: see `simlm.models.encoder.backbone_config` (None: the checkpoint's).
     """
     from transformers import AutoModelForSequenceClassification
 
+    config = backbone_config(name_or_path, attention_dropout)
+    config.num_labels = 1
     model, info = AutoModelForSequenceClassification.from_pretrained(
-        str(name_or_path), num_labels=1, output_loading_info=True, dtype=torch.float32
+        str(name_or_path), config=config, output_loading_info=True, dtype=torch.float32
     )
     if not with_new_weights:
         return model

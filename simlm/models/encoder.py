@@ -48,15 +48,38 @@ MODEL_SETTING_KEYS = (
 )
 
 
-def load_backbone(name_or_path: str | Path) -> nn.Module:
+def backbone_config(name_or_path: str | Path, attention_dropout: float | None = None) -> Any:
+    """The checkpoint's `AutoConfig`, with its attention-probability dropout set to `attention_dropout`.
+
+    None keeps the checkpoint's. PyTorch's CPU attention has no fused kernel that applies dropout: with
+    attention dropout in train mode it materialises every attention matrix (about 2x the time and memory).
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(name_or_path))
+    if attention_dropout is not None:
+        if not 0.0 <= attention_dropout < 1.0:
+            raise ValueError(f"model.attention_dropout must be in [0, 1), got {attention_dropout}")
+        names = [n for n in ("attention_probs_dropout_prob", "attention_dropout") if hasattr(config, n)]
+        if not names:
+            raise ValueError(f"{name_or_path}: its config has no attention dropout setting to change")
+        for n in names:
+            setattr(config, n, float(attention_dropout))
+    return config
+
+
+def load_backbone(name_or_path: str | Path, attention_dropout: float | None = None) -> nn.Module:
     """`AutoModel` in float32, without BERT's pooler (unused, and it breaks DDP's unused-parameter check)."""
     from transformers import AutoModel
 
+    config = backbone_config(name_or_path, attention_dropout)
     # fp32 master weights whatever dtype the checkpoint was saved in (SimLM's releases are float16)
     try:
-        return AutoModel.from_pretrained(str(name_or_path), add_pooling_layer=False, dtype=torch.float32)
+        return AutoModel.from_pretrained(
+            str(name_or_path), config=config, add_pooling_layer=False, dtype=torch.float32
+        )
     except TypeError:  # architectures without a pooler do not take the argument
-        return AutoModel.from_pretrained(str(name_or_path), dtype=torch.float32)
+        return AutoModel.from_pretrained(str(name_or_path), config=config, dtype=torch.float32)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -86,8 +109,12 @@ class TextEncoder(nn.Module):
         return self.passage_model is self.query_model
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **overrides: Any) -> TextEncoder:
-        """Load a hub id or folder; settings come from `simlm_retrieval.json` if present, then `overrides`."""
+    def from_pretrained(
+        cls, name_or_path: str | Path, attention_dropout: float | None = None, **overrides: Any
+    ) -> TextEncoder:
+        """Load a hub id or folder; settings come from `simlm_retrieval.json` if present, then `overrides`.
+
+        `attention_dropout`: see `backbone_config` (None: the checkpoint's)."""
         path = Path(str(name_or_path))
         saved: dict[str, Any] = {}
         if (path / SETTINGS_FILE).is_file():
@@ -96,13 +123,13 @@ class TextEncoder(nn.Module):
             {**saved, **{k: v for k, v in overrides.items() if v is not None}}
         )
         if (path / "query_model").is_dir():
-            query_model = load_backbone(path / "query_model")
-            passage_model = load_backbone(path / "passage_model")
+            query_model = load_backbone(path / "query_model", attention_dropout)
+            passage_model = load_backbone(path / "passage_model", attention_dropout)
             if settings.share_encoder:
                 log.warning("%s holds separate query/passage encoders; keeping them separate", path)
                 settings.share_encoder = False
         else:
-            query_model = load_backbone(name_or_path)
+            query_model = load_backbone(name_or_path, attention_dropout)
             passage_model = None if settings.share_encoder else copy.deepcopy(query_model)
         encoder = cls(query_model, passage_model, settings)
         if encoder.pooler is not None and (path / POOLER_FILE).is_file():

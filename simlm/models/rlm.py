@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from simlm.models.encoder import backbone_config
+
 log = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.safetensors"
@@ -47,11 +49,15 @@ class GeneratorSettings:
         return cls(**values)
 
 
-def load_mlm(name_or_path: str | Path) -> nn.Module:
-    """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one."""
+def load_mlm(name_or_path: str | Path, attention_dropout: float | None = None) -> nn.Module:
+    """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one.
+
+    `attention_dropout`: see `simlm.models.encoder.backbone_config` (None: the checkpoint's).
+    """
     from transformers import AutoModelForMaskedLM
 
-    return AutoModelForMaskedLM.from_pretrained(str(name_or_path), dtype=torch.float32)
+    config = backbone_config(name_or_path, attention_dropout)
+    return AutoModelForMaskedLM.from_pretrained(str(name_or_path), config=config, dtype=torch.float32)
 
 
 def mlm_head(model: nn.Module) -> nn.Module | None:

@@ -25,7 +25,9 @@ class BiEncoderModule(pl.LightningModule):
     """Dense bi-encoder trained with SimLM's full contrastive loss over all-gathered in-batch negatives.
 
     With `kd_alpha` set the loss is KL(teacher || student) over each query's own group (teacher = softmax
-    of the batch's `scores`, raw re-ranker logits) + kd_alpha * contrastive loss (SimLM's `train_kd_biencoder.sh` recipe).
+    of the batch's `scores`, raw re-ranker logits) + kd_alpha * contrastive loss (SimLM's
+    `train_kd_biencoder.sh` recipe). `attention_dropout`: the backbone's (`model.attention_dropout`; None:
+    the checkpoint's).
     """
 
     def __init__(
@@ -43,12 +45,15 @@ class BiEncoderModule(pl.LightningModule):
         train_n_passages: int = 16,
         kd_alpha: float | None = None,
         kd_mask_hn: bool = False,
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if kd_mask_hn and scaled_loss:
             raise ValueError("kd_mask_hn needs scaled_loss=false (the local-row loss), as in SimLM")
-        self.encoder = TextEncoder.from_pretrained(model_name_or_path, **(settings or {}))
+        self.encoder = TextEncoder.from_pretrained(
+            model_name_or_path, attention_dropout=attention_dropout, **(settings or {})
+        )
         self.encoder.train()  # from_pretrained returns eval mode; Lightning keeps the mode it finds
 
     # ------------------------------------------------------------------ forward

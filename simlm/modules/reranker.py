@@ -26,6 +26,7 @@ class CrossEncoderReranker(pl.LightningModule):
     datamodule's `val_pairs` and logs `val/mrr@10` and `val/ndcg@10` of the re-ranked `val_run`, and
     `val/group_acc` (`group_accuracy`: SimLM's model-selection metric).
     `head_lr`: peak lr of the weights the checkpoint lacked (a fresh classification head); default `lr`.
+    `attention_dropout`: the backbone's attention dropout (`model.attention_dropout`; None: the checkpoint's).
     """
 
     def __init__(
@@ -39,12 +40,15 @@ class CrossEncoderReranker(pl.LightningModule):
         rdrop: bool = True,
         rdrop_weight: float = 1.0,
         head_lr: float | None = None,
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if forward_factor < 1:
             raise ValueError(f"forward_factor must be >= 1, got {forward_factor}")
-        self.model, new_weights = load_reranker_model(model_name_or_path, with_new_weights=True)
+        self.model, new_weights = load_reranker_model(
+            model_name_or_path, with_new_weights=True, attention_dropout=attention_dropout
+        )
         # a checkpoint without a classification head gets a random one: `head_lr` lets it catch up
         # with the pretrained encoder in short schedules (SimLM trains one lr for thousands of steps)
         self.param_lrs = {f"model.{name}": head_lr for name in new_weights} if head_lr else {}

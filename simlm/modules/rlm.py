@@ -51,7 +51,7 @@ class ReplacedLMModule(pl.LightningModule):
 
     Batches come from :class:`simlm.data.rlm.RLMCollator`. `save_model` writes the encoder as a Hugging
     Face MaskedLM folder plus `decoder.safetensors`; a `model_name_or_path` holding that file resumes the
-    decoder from it.
+    decoder from it. `attention_dropout`: the encoder's (`model.attention_dropout`; None: the checkpoint's).
     """
 
     def __init__(
@@ -63,10 +63,11 @@ class ReplacedLMModule(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 4000,
         warmup_type: str = "log",
+        attention_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.encoder = load_mlm(model_name_or_path)
+        self.encoder = load_mlm(model_name_or_path, attention_dropout)
         self.decoder = build_decoder(self.encoder, decoder_layers, model_name_or_path)
         self.gen_settings = GeneratorSettings.from_dict(generator)
         self.generator = build_generator(self.gen_settings, self.encoder.config)

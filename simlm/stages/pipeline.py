@@ -198,6 +198,8 @@ NEUTRAL_FLAGS = {
     ("callbacks", "model_checkpoint", "enabled"): True,
     ("callbacks", "lr_monitor", "enabled"): True,
     ("stage", "callbacks", "retrieval_evaluation", "enabled"): True,
+    ("model", "attention_dropout"): None,
+    ("stage", "module", "attention_dropout"): None,
 }
 
 
