@@ -22,6 +22,7 @@ from simlm.data.corpus import Corpus
 from simlm.data.formats import Run, rank_scores, run_score
 from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
 from simlm.models.cross_encoder import load_reranker
+from simlm.models.quantize import quantize
 from simlm.progress import progress_bar
 from simlm.runtime import Runtime, autocast, rank, rank_slice, world_size
 
@@ -138,10 +139,12 @@ def load_and_score(
     *,
     max_length: int = MAX_LENGTH,
     batch_size: int = 128,
+    quantize_mode: str | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Load the cross-encoder onto `runtime`'s device and score `pairs` across its ranks: `(scores, seconds)`."""
+    """Load the cross-encoder onto `runtime`'s device (int8-quantised with `quantize_mode="int8"`) and
+    score `pairs` across its ranks: `(scores, seconds)`."""
     model, tokenizer = load_reranker(model_name_or_path)
-    model.to(runtime.device)
+    model = quantize(model.to(runtime.device), quantize_mode)
     started = time.perf_counter()
     scores = score_pairs_distributed(
         model,

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
 from simlm.models.encoder import load_encoder
+from simlm.models.quantize import quantize
 from simlm.retrieval.store import encode_corpus_to_shards
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
@@ -44,7 +45,7 @@ def run(cfg: DictConfig) -> Metrics:
         data = RetrievalData.from_config(cfg.data)
         corpus = data.corpus
         encoder, tokenizer = load_encoder(cfg.model)
-        encoder.to(runtime.device)
+        encoder = quantize(encoder.to(runtime.device), stage.get("quantize"))
         started = time.perf_counter()
         summary = encode_corpus_to_shards(
             encoder,

@@ -200,6 +200,7 @@ NEUTRAL_FLAGS = {
     ("stage", "callbacks", "retrieval_evaluation", "enabled"): True,
     ("model", "attention_dropout"): None,
     ("stage", "module", "attention_dropout"): None,
+    ("stage", "quantize"): None,
 }
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.evaluation import evaluate
 from simlm.models.encoder import load_encoder
+from simlm.models.quantize import quantize
 from simlm.retrieval.dense import encode_and_search, encode_passages
 from simlm.retrieval.index import to_run
 from simlm.retrieval.store import check_encoder_matches, load_shards, read_manifest
@@ -38,7 +39,7 @@ def run(cfg: DictConfig) -> Metrics:
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
     encoder, tokenizer = load_encoder(cfg.model)
-    encoder.to(runtime.device)
+    encoder = quantize(encoder.to(runtime.device), stage.get("quantize"))
     model_name = str(cfg.model.name_or_path)
     if stage.embeddings_dir:
         emb_dir = Path(stage.embeddings_dir)

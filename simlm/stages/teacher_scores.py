@@ -83,6 +83,7 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
         runtime,
         max_length=int(stage.max_length),
         batch_size=int(stage.batch_size),
+        quantize_mode=stage.get("quantize"),
     )
     if not runtime.is_main:
         return {}
