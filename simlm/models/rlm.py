@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from simlm.models.hub import check_model_source
+
 log = logging.getLogger(__name__)
 
 DECODER_FILE = "decoder.safetensors"
@@ -47,8 +49,12 @@ class GeneratorSettings:
         return cls(**values)
 
 
-def load_mlm(name_or_path: str | Path) -> nn.Module:
-    """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one."""
+def load_mlm(name_or_path: str | Path, key: str = "model.name_or_path") -> nn.Module:
+    """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one.
+
+    `key`: the config key that named the model, for the error when it is neither a folder nor a hub id.
+    """
+    check_model_source(name_or_path, key)
     from transformers import AutoModelForMaskedLM
 
     return AutoModelForMaskedLM.from_pretrained(str(name_or_path), dtype=torch.float32)
@@ -77,7 +83,7 @@ def build_generator(settings: GeneratorSettings, encoder_config: Any) -> nn.Modu
     """Load the pretrained generator, or build a small randomly initialised MLM from the encoder's config."""
     if settings.name_or_path is not None:
         try:
-            return load_mlm(settings.name_or_path)
+            return load_mlm(settings.name_or_path, key="stage.module.generator.name_or_path")
         except OSError as e:
             raise OSError(
                 f"cannot load generator {settings.name_or_path!r} ({e}). Offline, train a small generator "

@@ -138,9 +138,13 @@ def load_and_score(
     *,
     max_length: int = MAX_LENGTH,
     batch_size: int = 128,
+    model_key: str = "stage.model",
 ) -> tuple[np.ndarray, float]:
-    """Load the cross-encoder onto `runtime`'s device and score `pairs` across its ranks: `(scores, seconds)`."""
-    model, tokenizer = load_reranker(model_name_or_path)
+    """Load the cross-encoder onto `runtime`'s device and score `pairs` across its ranks: `(scores, seconds)`.
+
+    `model_key`: the config key naming the model (for the error when it is neither a folder nor a hub id).
+    """
+    model, tokenizer = load_reranker(model_name_or_path, key=model_key)
     model.to(runtime.device)
     started = time.perf_counter()
     scores = score_pairs_distributed(
