@@ -21,8 +21,18 @@ from simlm.models.encoder import load_encoder
 from simlm.retrieval.store import encode_corpus_to_shards
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
+from simlm.stages.params import BOOL, PATH, POSITIVE_INT, one_of, optional
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params), with trainer.devices
+PARAMS = {
+    "batch_size": POSITIVE_INT,
+    "shard_size": POSITIVE_INT,
+    "dtype": one_of("float16", "float32"),
+    "out_dir": PATH,
+    "progress": optional(BOOL),
+}
 
 
 def run(cfg: DictConfig) -> Metrics:

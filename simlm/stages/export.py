@@ -52,10 +52,19 @@ from simlm.models.encoder import (
 )
 from simlm.models.hub import check_model_source
 from simlm.stages import Metrics
+from simlm.stages.params import BOOL, NON_EMPTY_TEXT, PATH, optional
 
 log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "encoder."
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "source": PATH,
+    "out_dir": PATH,
+    "base_model": optional(NON_EMPTY_TEXT),
+    "task_lengths": BOOL,
+}
 
 
 def resolve_source(source: str | Path) -> Path:

@@ -21,8 +21,20 @@ from simlm.retrieval.rerank import load_and_score, merge_rerank_scores
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
+from simlm.stages.params import NON_EMPTY_TEXT, PATH, POSITIVE_INT, TAG
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "model": NON_EMPTY_TEXT,
+    "run_file": PATH,
+    "split": NON_EMPTY_TEXT,
+    "depth": POSITIVE_INT,
+    "max_length": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "tag": TAG,
+}
 
 
 def run(cfg: DictConfig) -> Metrics:

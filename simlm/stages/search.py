@@ -23,8 +23,21 @@ from simlm.retrieval.store import check_encoder_matches, load_shards, read_manif
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
+from simlm.stages.params import BOOL, PATH, POSITIVE_INT, SPLITS, TAG, one_of, optional
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "embeddings_dir": optional(PATH),
+    "split": SPLITS,
+    "top_k": POSITIVE_INT,
+    "backend": one_of("faiss", "torch"),
+    "encode_batch_size": POSITIVE_INT,
+    "query_batch_size": POSITIVE_INT,
+    "strict_model_check": BOOL,
+    "tag": TAG,
+}
 
 
 def run(cfg: DictConfig) -> Metrics:
