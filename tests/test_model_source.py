@@ -56,17 +56,24 @@ def test_a_hub_id_while_offline_fails_at_once(monkeypatch):
     check_model_source(PROJECT_ROOT)  # a folder is always fine
 
 
-def test_stages_name_the_key_that_holds_the_model(compose, tmp_path, small_beir, small_beir_bm25):
+@pytest.mark.parametrize(
+    ("stage", "override", "key"),
+    [
+        ("encode", "model.name_or_path=/no/encoder", "model.name_or_path '/no/encoder'"),
+        ("search", "model.name_or_path=/no/encoder", "model.name_or_path '/no/encoder'"),
+        ("rerank", "stage.model=/no/reranker", "stage.model '/no/reranker'"),
+        ("teacher_scores", "stage.model=/no/reranker", "stage.model '/no/reranker'"),
+    ],
+)
+def test_stages_name_the_key_that_holds_the_model_before_reading_data(
+    compose, tmp_path, stage, override, key
+):
     from simlm.stages import run_stage
 
-    common = ("data=beir", f"data.root={small_beir}")
-    cfg = compose("stage=encode", *common, "model.name_or_path=/nonexistent/simlm/model")
-    with pytest.raises(ModelSourceError, match="model.name_or_path '/nonexistent/simlm/model' is neither"):
-        run_stage(cfg)
-    cfg = compose(
-        "stage=rerank", *common, "stage.model=/no/reranker", f"stage.run_file={small_beir_bm25 / 'test.trec'}"
-    )
-    with pytest.raises(ModelSourceError, match="stage.model '/no/reranker' is neither a folder nor"):
+    # data.root does not exist either: the model is checked first (a large corpus takes minutes to read)
+    extra = ("stage.run_file=run.trec",) if stage == "rerank" else ()
+    cfg = compose(f"stage={stage}", "data=beir", f"data.root={tmp_path / 'no-data'}", override, *extra)
+    with pytest.raises(ModelSourceError, match=f"{key} is neither a folder nor a Hugging Face hub id"):
         run_stage(cfg)
 
 

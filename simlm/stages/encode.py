@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from simlm.data.dataset import RetrievalData
 from simlm.models.encoder import TextEncoder, load_encoder
+from simlm.models.hub import check_model_source
 from simlm.retrieval.store import encode_corpus_to_shards
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
@@ -127,6 +128,7 @@ def run(cfg: DictConfig) -> Metrics:
             devices,
             runtime.device,
         )
+    check_model_source(cfg.model.name_or_path)  # before a large corpus is read
     with runtime.process_group():
         data = RetrievalData.from_config(cfg.data)
         corpus = data.corpus

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_run, rerank_candidates
 from simlm.evaluation import evaluate
+from simlm.models.hub import check_model_source
 from simlm.retrieval.rerank import load_and_score, merge_rerank_scores
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
@@ -52,6 +53,7 @@ def run(cfg: DictConfig) -> Metrics:
 def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
     split, depth = str(stage.split), int(stage.depth)
+    check_model_source(stage.model, "stage.model")  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     queries = data.queries(split)
     run_in = read_run(stage.run_file)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.evaluation import evaluate
 from simlm.models.encoder import load_encoder
+from simlm.models.hub import check_model_source
 from simlm.retrieval.dense import encode_and_search, encode_passages
 from simlm.retrieval.index import to_run
 from simlm.retrieval.store import check_encoder_matches, load_shards, read_manifest
@@ -48,6 +49,7 @@ def run(cfg: DictConfig) -> Metrics:
         return {}
     stage = cfg.stage
     out_dir = Path(cfg.paths.output_dir)
+    check_model_source(cfg.model.name_or_path)  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
     encoder, tokenizer = load_encoder(cfg.model)

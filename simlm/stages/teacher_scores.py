@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
+from simlm.models.hub import check_model_source
 from simlm.retrieval.rerank import load_and_score
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
@@ -73,6 +74,7 @@ def run(cfg: DictConfig) -> Metrics:
 
 def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
+    check_model_source(stage.model, "stage.model")  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
     path = stage.get("examples_file") or data.examples_path(str(stage.split))
