@@ -268,12 +268,13 @@ def test_rerunning_encode_without_out_dir_resumes_in_one_folder_per_model_and_da
     second = encode("run2")
     assert (second["encoded"], second["skipped"]) == (0, 3)
     assert (tmp_path / "run2" / "embeddings").resolve() == folder
-    assert "3 of 3 shards already encoded and reused" in caplog.text
+    assert "3 of 3 shards already encoded and reused (0-2), 0 encoded now" in caplog.text
 
     (folder / "emb_r0_s2.npy").unlink()  # an interrupted run: the last shard and the manifest missing
     (folder / "manifest.json").unlink()
     third = encode("run3")
     assert (third["encoded"], third["skipped"]) == (N_PASSAGES - 256, 2)
+    assert "2 of 3 shards already encoded and reused (0-1), 1 encoded now (44 passages)" in caplog.text
     assert read_manifest(tmp_path / "run3" / "embeddings", corpus_size=N_PASSAGES)
 
     other = encode("run4", "model.pooling=mean")  # other vectors: another folder, nothing reused

@@ -84,3 +84,15 @@ def test_devices_lightning_accepts_pass(compose, devices):
 def test_devices_nothing_can_run_on_fail(compose, devices):
     with pytest.raises(ParamError, match="trainer.devices must be"):
         check_stage_params(compose("stage=encode", f"trainer.devices={devices}"))
+
+
+def test_a_bad_step_parameter_fails_before_the_pipeline_runs_any_step(compose, tmp_path):
+    work = tmp_path / "work"
+    cfg = compose(f"stage.work_dir={work}", "++stage.step_overrides.rerank.stage.depth=abc")
+    message = (
+        r"pipeline step rerank: stage.depth must be a positive integer, got 'abc' "
+        r"\(the step's stage.depth: set stage.step_overrides.rerank.stage.depth\)"
+    )
+    with pytest.raises(ParamError, match=message):
+        run_stage(cfg)
+    assert not work.exists()  # not even BM25 ran

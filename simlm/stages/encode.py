@@ -59,8 +59,14 @@ def _file_stat(path: Path) -> list[Any]:
 
 def _model_identity(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
-    if not path.is_dir():
-        return {"hub_id": name_or_path}
+    if not path.is_dir():  # a hub id: its cached revision (snapshots/<commit>/config.json), if any
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        return {
+            "hub_id": name_or_path,
+            "revision": Path(cached).parent.name if isinstance(cached, str) else None,
+        }
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return {
         "folder": str(path.resolve()),
@@ -113,6 +119,17 @@ def _link(link: Path, target: Path) -> None:
             return
         link.unlink()
     link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def _ranges(indices: list[int]) -> str:
+    """`0-2, 5` for [0, 1, 2, 5]."""
+    spans: list[list[int]] = []
+    for i in sorted(indices):
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in spans)
 
 
 def run(cfg: DictConfig) -> Metrics:
@@ -183,7 +200,7 @@ def run(cfg: DictConfig) -> Metrics:
             out_dir,
             len(summary.skipped_shards),
             shards,
-            ", ".join(map(str, summary.skipped_shards)),
+            _ranges(summary.skipped_shards),
             len(summary.encoded_shards),
             summary.encoded_passages,
         )

@@ -36,7 +36,11 @@ __all__ = [
 
 
 class ParamError(ValueError):
-    """A stage parameter of the wrong type or out of range."""
+    """A stage parameter of the wrong type or out of range; `key` is its dotted config key."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ def check_params(section: Any, schema: Mapping[str, Check], prefix: str = "stage
             continue
         value = _plain(value)
         if not check.ok(value):
-            raise ParamError(f"{prefix}.{key} must be {check.what}, got {value!r}")
+            raise ParamError(f"{prefix}.{key} must be {check.what}, got {value!r}", key=f"{prefix}.{key}")
 
 
 def _devices_ok(value: Any) -> bool:
