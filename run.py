@@ -4,6 +4,10 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("SIMLM_ROOT", str(Path(__file__).resolve().parent))
+# Offline unless you opt in: SIMLM_ONLINE=1 (or HF_HUB_OFFLINE=0 set yourself) lets transformers reach the Hub.
+if os.environ.get("SIMLM_ONLINE", "").strip().lower() not in ("1", "true", "yes"):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

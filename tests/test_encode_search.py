@@ -231,6 +231,62 @@ def test_encode_stage_writes_shards_and_manifest_equal_to_direct_encoding(
         read_manifest(emb_dir, corpus_size=299)
 
 
+def test_rerunning_encode_without_out_dir_resumes_in_one_folder_per_model_and_data(
+    compose, tmp_path, small_beir, tiny_bert, caplog
+):
+    """Two plain runs (two timestamped run dirs, no stage.out_dir) share one shard folder: the second
+    encodes nothing; an interrupted run resumes; other settings get their own folder; an explicit
+    stage.out_dir is written in place."""
+    import logging
+
+    store = tmp_path / "store"
+    common = (
+        "stage=encode",
+        "data=beir",
+        f"data.root={small_beir}",
+        f"model.name_or_path={tiny_bert}",
+        "stage.shard_size=128",
+        "stage.dtype=float32",
+        f"stage.store_dir={store}",
+    )
+
+    def encode(name, *extra):
+        with caplog.at_level(logging.INFO, logger="simlm"):
+            caplog.clear()
+            run_stage(compose(*common, *extra, output_dir=tmp_path / name))
+        return json.loads((tmp_path / name / "metrics.json").read_text())["encode"]
+
+    first = encode("run1")
+    assert (first["encoded"], first["skipped"]) == (N_PASSAGES, 0)
+    link = tmp_path / "run1" / "embeddings"
+    folder = link.resolve()
+    assert (
+        link.is_symlink() and folder.parent == store / "beir" and folder.name.startswith(tiny_bert.name + "-")
+    )
+    assert read_manifest(link, corpus_size=N_PASSAGES)["dim"] == 32  # stage=search reads the run dir's link
+
+    second = encode("run2")
+    assert (second["encoded"], second["skipped"]) == (0, 3)
+    assert (tmp_path / "run2" / "embeddings").resolve() == folder
+    assert "3 of 3 shards already encoded and reused (0-2), 0 encoded now" in caplog.text
+
+    (folder / "emb_r0_s2.npy").unlink()  # an interrupted run: the last shard and the manifest missing
+    (folder / "manifest.json").unlink()
+    third = encode("run3")
+    assert (third["encoded"], third["skipped"]) == (N_PASSAGES - 256, 2)
+    assert "2 of 3 shards already encoded and reused (0-1), 1 encoded now (44 passages)" in caplog.text
+    assert read_manifest(tmp_path / "run3" / "embeddings", corpus_size=N_PASSAGES)
+
+    other = encode("run4", "model.pooling=mean")  # other vectors: another folder, nothing reused
+    assert (other["encoded"], other["skipped"]) == (N_PASSAGES, 0)
+    assert (tmp_path / "run4" / "embeddings").resolve() not in (folder, store)
+
+    explicit = tmp_path / "my-embeddings"
+    assert encode("run5", f"stage.out_dir={explicit}")["encoded"] == N_PASSAGES
+    assert (explicit / "manifest.json").is_file() and not explicit.is_symlink()
+    assert not (tmp_path / "run5" / "embeddings").exists()
+
+
 def test_interrupted_encode_resumes_without_recomputing_finished_shards(tmp_path, small_beir, tiny):
     encoder, tokenizer = tiny
     corpus = Corpus.from_passages(corpus_passages(small_beir))

@@ -121,3 +121,50 @@ def test_separate_encoders_are_refused(compose, tmp_path, tiny_bert):
     with pytest.raises(ValueError, match="separate query and passage encoders"):
         export(compose, tmp_path / "model", tmp_path / "export" / "st")
     assert not (tmp_path / "export" / "st" / "modules.json").exists()
+
+
+@pytest.mark.parametrize("saved_settings", [False, True], ids=["model-group", "saved-settings"])
+def test_export_of_a_folder_follows_encode_settings_precedence(
+    compose, tmp_path, tiny_bert, saved_settings, caplog
+):
+    """A folder without simlm_retrieval.json takes the model group's settings (model.pooling=mean), as
+    stage=encode does; a folder with one keeps its saved settings over the group's. The log says which."""
+    import logging
+    import shutil
+
+    from simlm.models.encoder import SETTINGS_FILE, load_encoder
+
+    folder = tmp_path / "plain-hf-folder"
+    shutil.copytree(tiny_bert, folder)
+    if saved_settings:
+        saved = {"pooling": "mean", "passage_format": "concat", "l2_normalize": False, **PREFIXES}
+        (folder / SETTINGS_FILE).write_text(json.dumps(saved))
+        overrides = ("model.pooling=cls", "model.passage_format=pair")  # lose against the saved file
+    else:
+        assert not (folder / SETTINGS_FILE).exists()
+        overrides = ("model.pooling=mean", "model.query_prefix='query: '", "model.passage_prefix='passage: '")
+    with caplog.at_level(logging.INFO, logger="simlm"):
+        out = export(compose, folder, tmp_path / "export" / "st", *overrides)
+    expected_source = f"its saved {folder / SETTINGS_FILE}" if saved_settings else "the model config (no"
+    assert any(
+        "settings from" in r.getMessage() and expected_source in r.getMessage() for r in caplog.records
+    )
+
+    # what stage=encode would embed with: load_encoder on the same model group
+    cfg = compose("stage=encode", f"model.name_or_path={folder}", *overrides, output_dir=tmp_path / "enc")
+    encoder, tok = load_encoder(cfg.model)
+    assert encoder.settings.pooling == "mean"
+    pooling = json.loads((out / "1_Pooling" / "config.json").read_text())
+    assert pooling["pooling_mode_mean_tokens"] and not pooling["pooling_mode_cls_token"]
+    assert json.loads((out / SETTINGS_FILE).read_text())["pooling"] == "mean"
+
+    st = sentence_transformer(out)
+    np.testing.assert_allclose(
+        st.encode_query(QUERIES), encode_texts(encoder, tok, queries=QUERIES), atol=1e-5
+    )
+    if encoder.settings.passage_format == "pair":
+        docs = [(t, x) if t else x for t, x in zip(TITLES, TEXTS)]
+    else:
+        docs = [f"{t} {x}" if t else x for t, x in zip(TITLES, TEXTS)]
+    expected = encode_texts(encoder, tok, titles=TITLES, texts=TEXTS)
+    np.testing.assert_allclose(st.encode_document(docs), expected, atol=1e-5)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simlm.data.tokenization import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
+from simlm.models.hub import check_model_source
 
 __all__ = [
     "MODEL_SETTING_KEYS",
@@ -28,6 +29,7 @@ __all__ = [
     "embedding_dim",
     "load_encoder",
     "load_tokenizer",
+    "settings_source",
     "tokenize_passages",
     "tokenize_queries",
 ]
@@ -115,6 +117,7 @@ class TextEncoder(nn.Module):
         """Load a hub id or folder; settings come from `simlm_retrieval.json` if present, then `overrides`.
 
         `attention_dropout`: see `backbone_config` (None: the checkpoint's)."""
+        check_model_source(name_or_path)
         path = Path(str(name_or_path))
         saved: dict[str, Any] = {}
         if (path / SETTINGS_FILE).is_file():
@@ -173,13 +176,24 @@ class TextEncoder(nn.Module):
         return emb
 
 
+def settings_source(model_cfg: Any) -> str:
+    """Where `load_encoder` takes the retrieval settings of `model_cfg` from, in words (for the logs)."""
+    settings_file = Path(str(model_cfg["name_or_path"])) / SETTINGS_FILE
+    if not settings_file.is_file():
+        return f"the model config (no {SETTINGS_FILE} in {model_cfg['name_or_path']})"
+    if bool(model_cfg.get("override_saved_settings", False)):
+        return f"the model config (+model.override_saved_settings=true; {settings_file} ignored)"
+    return f"its saved {settings_file}"
+
+
 def load_encoder(model_cfg: Any) -> tuple[TextEncoder, Any]:
     """`(TextEncoder, tokenizer)` of the `model` config group (`name_or_path` is a hub id or a folder).
 
     Precedence: a folder saved by this project carries `simlm_retrieval.json`, and its settings win
     (they are how the model was trained); the group's `pooling`, `l2_normalize`, max lengths and prefixes
-    are used only for folders/hub ids without that file. Differences are logged. Set
-    `+model.override_saved_settings=true` to make the config win instead.
+    are used only for folders/hub ids without that file. Differences are logged, and so is where the
+    settings came from (`settings_source`). Set `+model.override_saved_settings=true` to make the config
+    win instead.
     """
     import transformers
 
@@ -203,6 +217,7 @@ def load_encoder(model_cfg: Any) -> tuple[TextEncoder, Any]:
         encoder = TextEncoder.from_pretrained(name)
     else:
         encoder = TextEncoder.from_pretrained(name, **config_values)
+    log.info("%s: retrieval settings from %s: %s", name, settings_source(model_cfg), asdict(encoder.settings))
     return encoder, load_tokenizer(name)
 
 

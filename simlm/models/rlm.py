@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from simlm.models.encoder import backbone_config
+from simlm.models.hub import check_model_source
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,15 @@ class GeneratorSettings:
         return cls(**values)
 
 
-def load_mlm(name_or_path: str | Path, attention_dropout: float | None = None) -> nn.Module:
+def load_mlm(
+    name_or_path: str | Path, attention_dropout: float | None = None, key: str = "model.name_or_path"
+) -> nn.Module:
     """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one.
 
     `attention_dropout`: see `simlm.models.encoder.backbone_config` (None: the checkpoint's).
+    `key`: the config key that named the model, for the error when it is neither a folder nor a hub id.
     """
+    check_model_source(name_or_path, key)
     from transformers import AutoModelForMaskedLM
 
     config = backbone_config(name_or_path, attention_dropout)
@@ -83,7 +88,7 @@ def build_generator(settings: GeneratorSettings, encoder_config: Any) -> nn.Modu
     """Load the pretrained generator, or build a small randomly initialised MLM from the encoder's config."""
     if settings.name_or_path is not None:
         try:
-            return load_mlm(settings.name_or_path)
+            return load_mlm(settings.name_or_path, key="stage.module.generator.name_or_path")
         except OSError as e:
             raise OSError(
                 f"cannot load generator {settings.name_or_path!r} ({e}). Offline, train a small generator "

@@ -140,10 +140,14 @@ def load_and_score(
     max_length: int = MAX_LENGTH,
     batch_size: int = 128,
     quantize_mode: str | None = None,
+    model_key: str = "stage.model",
 ) -> tuple[np.ndarray, float]:
     """Load the cross-encoder onto `runtime`'s device (int8-quantised with `quantize_mode="int8"`) and
-    score `pairs` across its ranks: `(scores, seconds)`."""
-    model, tokenizer = load_reranker(model_name_or_path)
+    score `pairs` across its ranks: `(scores, seconds)`.
+
+    `model_key`: the config key naming the model (for the error when it is neither a folder nor a hub id).
+    """
+    model, tokenizer = load_reranker(model_name_or_path, key=model_key)
     model = quantize(model.to(runtime.device), quantize_mode)
     started = time.perf_counter()
     scores = score_pairs_distributed(

@@ -33,6 +33,9 @@ def seed_everything(seed: int) -> None:
 
 def run_stage(cfg: DictConfig) -> float | None:
     """Run `cfg.stage`, write `metrics.json` into the run dir and return `cfg.optimized_metric` if set."""
+    from simlm.stages.params import check_stage_params
+
+    check_stage_params(cfg)  # types and ranges of stage parameters and trainer.devices, first
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(int(cfg.seed))

@@ -13,8 +13,20 @@ from simlm.retrieval.bm25 import BM25Retriever
 from simlm.retrieval.mining import MiningConfig, mine, write_mined
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
+from simlm.stages.params import BOOL, MINING_PARAMS, POSITIVE_INT, integer, number, one_of
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "top_k": POSITIVE_INT,
+    "bm25.k1": number(min=0),
+    "bm25.b": number(min=0, max=1),
+    "bm25.method": one_of("lucene", "robertson", "atire", "bm25l", "bm25+"),
+    "bm25.n_threads": integer(min=-1),
+    "negatives.enabled": BOOL,
+    **{f"negatives.mining.{k}": c for k, c in MINING_PARAMS.items()},
+}
 
 
 def run(cfg: DictConfig) -> Metrics:

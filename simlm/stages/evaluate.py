@@ -8,6 +8,10 @@ from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_run
 from simlm.evaluation import evaluate
 from simlm.stages import Metrics, format_metrics
+from simlm.stages.params import PATH
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {"run_file": PATH}
 
 
 def run(cfg: DictConfig) -> Metrics:

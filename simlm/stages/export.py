@@ -3,7 +3,9 @@
 Sources (`stage.source`): a model folder (with `simlm_retrieval.json`), a run dir holding `model/`, a
 Lightning `.ckpt` file, or a DeepSpeed checkpoint directory (consolidated with zero_to_fp32). Checkpoints
 name their base model and retrieval settings in their hyper-parameters; without them the `model` group
-supplies both.
+supplies both. A model folder follows `stage=encode`'s precedence (`load_encoder`): its saved
+`simlm_retrieval.json` wins, else the `model` group's pooling, lengths, prefixes and passage format
+(e.g. `model.pooling=mean` for a plain Hugging Face folder). The log says which settings were used.
 
 The output is the usual folder (weights, tokenizer, `simlm_retrieval.json`: `stage=encode` and
 `load_encoder` read it) plus sentence-transformers module files in the classic layout every version reads:
@@ -40,12 +42,30 @@ from simlm.checkpoints import (
     is_deepspeed_checkpoint,
     load_module_state,
 )
-from simlm.models.encoder import MODEL_SETTING_KEYS, SETTINGS_FILE, TextEncoder, embedding_dim, load_tokenizer
+from simlm.models.encoder import (
+    MODEL_SETTING_KEYS,
+    SETTINGS_FILE,
+    TextEncoder,
+    embedding_dim,
+    load_encoder,
+    load_tokenizer,
+    settings_source,
+)
+from simlm.models.hub import check_model_source
 from simlm.stages import Metrics
+from simlm.stages.params import BOOL, NON_EMPTY_TEXT, PATH, optional
 
 log = logging.getLogger(__name__)
 
 ENCODER_PREFIX = "encoder."
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "source": PATH,
+    "out_dir": PATH,
+    "base_model": optional(NON_EMPTY_TEXT),
+    "task_lengths": BOOL,
+}
 
 
 def resolve_source(source: str | Path) -> Path:
@@ -60,16 +80,25 @@ def resolve_source(source: str | Path) -> Path:
 
 def load_from_checkpoint(
     path: Path, model_cfg: Any, base_model: str | None = None
-) -> tuple[TextEncoder, Any]:
-    """The bi-encoder of a Lightning `.ckpt` or DeepSpeed checkpoint, and its base model's tokenizer.
+) -> tuple[TextEncoder, Any, str]:
+    """The bi-encoder of a Lightning `.ckpt` or DeepSpeed checkpoint, its base model's tokenizer, and
+    where its settings came from (for the log).
 
     Base model and settings: `base_model`, else the checkpoint's hyper-parameters, else `model_cfg`.
     """
     hparams = checkpoint_hparams(path)
-    base = str(base_model or hparams.get("model_name_or_path") or model_cfg["name_or_path"])
-    settings = hparams.get("settings") or {
-        k: model_cfg[k] for k in MODEL_SETTING_KEYS if model_cfg.get(k) is not None
-    }
+    if base_model:
+        base, key = str(base_model), "stage.base_model"
+    elif hparams.get("model_name_or_path"):
+        base, key = str(hparams["model_name_or_path"]), f"the base model named in {path}"
+    else:
+        base, key = str(model_cfg["name_or_path"]), "model.name_or_path"
+    check_model_source(base, key)
+    if hparams.get("settings"):
+        settings, source = hparams["settings"], f"the hyper-parameters of {path}"
+    else:
+        settings = {k: model_cfg[k] for k in MODEL_SETTING_KEYS if model_cfg.get(k) is not None}
+        source = f"the model config ({path} holds no retrieval settings)"
     state = checkpoint_state_dict(path)
     encoder_state = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     if not encoder_state:
@@ -79,14 +108,26 @@ def load_from_checkpoint(
         )
     encoder = TextEncoder.from_pretrained(base, **dict(settings))
     load_module_state(encoder, encoder_state)
-    return encoder, load_tokenizer(base)
+    return encoder, load_tokenizer(base), source
 
 
-def load_source(source: str | Path, model_cfg: Any, base_model: str | None = None) -> tuple[TextEncoder, Any]:
-    """`(encoder, tokenizer)` of a model folder, run dir, `.ckpt` file or DeepSpeed checkpoint directory."""
+def load_folder(path: Path, model_cfg: Any) -> tuple[TextEncoder, Any, str]:
+    """A model folder loaded as `stage=encode` loads it (`load_encoder`): its saved settings win, else
+    the `model` group's; returns `(encoder, tokenizer, where the settings came from)`."""
+    keys = (*MODEL_SETTING_KEYS, "override_saved_settings")
+    folder_cfg = {k: model_cfg[k] for k in keys if k in model_cfg} | {"name_or_path": str(path)}
+    encoder, tokenizer = load_encoder(folder_cfg)
+    return encoder, tokenizer, settings_source(folder_cfg)
+
+
+def load_source(
+    source: str | Path, model_cfg: Any, base_model: str | None = None
+) -> tuple[TextEncoder, Any, str]:
+    """`(encoder, tokenizer, settings source)` of a model folder, run dir, `.ckpt` file or DeepSpeed
+    checkpoint directory."""
     path = resolve_source(source)
     if path.is_dir() and not is_deepspeed_checkpoint(path):
-        return TextEncoder.from_pretrained(path), load_tokenizer(path)
+        return load_folder(path, model_cfg)
     return load_from_checkpoint(path, model_cfg, base_model)
 
 
@@ -179,9 +220,12 @@ def export(encoder: TextEncoder, tokenizer: Any, out_dir: str | Path, task_lengt
 def run(cfg: DictConfig) -> Metrics:
     """Export `stage.source` into `stage.out_dir`; metrics: the embedding dimension."""
     stage = cfg.stage
-    # cfg.model is read (and resolved) only for checkpoints without hyper-parameters
-    encoder, tokenizer = load_source(stage.source, cfg.model, stage.get("base_model"))
+    # the model group's settings apply to folders without simlm_retrieval.json and to checkpoints without
+    # hyper-parameters; its name_or_path only to the latter
+    encoder, tokenizer, source = load_source(stage.source, cfg.model, stage.get("base_model"))
     out_dir = export(encoder, tokenizer, stage.out_dir, task_lengths=bool(stage.get("task_lengths", True)))
-    log.info("exported %s to %s with %s", stage.source, out_dir, asdict(encoder.settings))
-    print(f"exported {stage.source} -> {out_dir}")
+    log.info(
+        "exported %s to %s with settings from %s: %s", stage.source, out_dir, source, asdict(encoder.settings)
+    )
+    print(f"exported {stage.source} -> {out_dir} (settings from {source})")
     return {"export": {"dim": float(embedding_dim(encoder))}}

@@ -10,8 +10,16 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_run
 from simlm.retrieval.mining import MiningConfig, mine, write_mined
+from simlm.stages.params import MINING_PARAMS, NON_EMPTY_TEXT, PATH, optional
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "run_file": PATH,
+    "split": optional(NON_EMPTY_TEXT),
+    **{f"mining.{k}": c for k, c in MINING_PARAMS.items()},
+}
 
 
 def run(cfg: DictConfig) -> dict[str, dict[str, int]]:

@@ -246,6 +246,19 @@ def _is_complete(step_dir: Path, digest: str) -> bool:
     return marker.is_file() and json.loads(marker.read_text()).get("hash") == digest
 
 
+def check_step_params(cfg: DictConfig, order: list[str], ctx: PipelineContext) -> None:
+    """Every step's parameters (`simlm.stages.params`) before the first step runs, not hours into the
+    pipeline; the error names the step."""
+    from simlm.stages.params import ParamError, check_stage_params
+
+    for name in order:
+        try:
+            check_stage_params(step_config(cfg, STEPS[name], ctx))
+        except ParamError as e:
+            where = f"stage.step_overrides.{name}.{e.key}"
+            raise ParamError(f"pipeline step {name}: {e} (the step's {e.key}: set {where})", e.key) from None
+
+
 def run(cfg: DictConfig) -> Metrics:
     """Run the configured steps in order, skipping complete ones; write the results table and chart."""
     from simlm.stages import run_stage
@@ -256,6 +269,7 @@ def run(cfg: DictConfig) -> Metrics:
         raise ValueError(f"unknown pipeline steps {unknown}; known: {list(STEPS)}")
     order = [n for n in STEPS if n in names]  # the data flow fixes the order
     ctx = PipelineContext(cfg, order)
+    check_step_params(cfg, order, ctx)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     previous = ""
     timings: dict[str, float] = {}

@@ -17,12 +17,25 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_run, rerank_candidates
 from simlm.evaluation import evaluate
+from simlm.models.hub import check_model_source
 from simlm.retrieval.rerank import load_and_score, merge_reranked, scores_by_query
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
+from simlm.stages.params import NON_EMPTY_TEXT, PATH, POSITIVE_INT, TAG
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "model": NON_EMPTY_TEXT,
+    "run_file": PATH,
+    "split": NON_EMPTY_TEXT,
+    "depth": POSITIVE_INT,
+    "max_length": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "tag": TAG,
+}
 
 
 def run(cfg: DictConfig) -> Metrics:
@@ -40,6 +53,7 @@ def run(cfg: DictConfig) -> Metrics:
 def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
     split, depth = str(stage.split), int(stage.depth)
+    check_model_source(stage.model, "stage.model")  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     queries = data.queries(split)
     run_in = read_run(stage.run_file)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from simlm.data.dataset import RetrievalData
 from simlm.evaluation import evaluate
 from simlm.models.encoder import load_encoder
+from simlm.models.hub import check_model_source
 from simlm.models.quantize import quantize
 from simlm.retrieval.dense import encode_and_search, encode_passages
 from simlm.retrieval.index import to_run
@@ -24,8 +25,21 @@ from simlm.retrieval.store import check_encoder_matches, load_shards, read_manif
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
+from simlm.stages.params import BOOL, PATH, POSITIVE_INT, SPLITS, TAG, one_of, optional
 
 log = logging.getLogger(__name__)
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "embeddings_dir": optional(PATH),
+    "split": SPLITS,
+    "top_k": POSITIVE_INT,
+    "backend": one_of("faiss", "torch"),
+    "encode_batch_size": POSITIVE_INT,
+    "query_batch_size": POSITIVE_INT,
+    "strict_model_check": BOOL,
+    "tag": TAG,
+}
 
 
 def run(cfg: DictConfig) -> Metrics:
@@ -36,6 +50,7 @@ def run(cfg: DictConfig) -> Metrics:
         return {}
     stage = cfg.stage
     out_dir = Path(cfg.paths.output_dir)
+    check_model_source(cfg.model.name_or_path)  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
     encoder, tokenizer = load_encoder(cfg.model)

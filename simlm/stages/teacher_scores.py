@@ -16,13 +16,27 @@ from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
+from simlm.models.hub import check_model_source
 from simlm.retrieval.rerank import load_and_score
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
+from simlm.stages.params import NON_EMPTY_TEXT, NON_NEGATIVE_INT, PATH, POSITIVE_INT, optional
 
 log = logging.getLogger(__name__)
 
 DECIMALS = 5
+
+# checked before the stage runs (simlm.stages.params)
+PARAMS = {
+    "model": NON_EMPTY_TEXT,
+    "examples_file": optional(PATH),
+    "split": NON_EMPTY_TEXT,
+    "max_examples": optional(POSITIVE_INT),
+    "num_negatives": optional(NON_NEGATIVE_INT),
+    "max_length": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "out_file": PATH,
+}
 
 
 def teacher_examples(
@@ -60,6 +74,7 @@ def run(cfg: DictConfig) -> Metrics:
 
 def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
+    check_model_source(stage.model, "stage.model")  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
     path = stage.get("examples_file") or data.examples_path(str(stage.split))
