@@ -162,8 +162,8 @@ def test_export_of_a_folder_follows_encode_settings_precedence(
     np.testing.assert_allclose(
         st.encode_query(QUERIES), encode_texts(encoder, tok, queries=QUERIES), atol=1e-5
     )
-    if encoder.settings.passage_format == "pair":
-        docs = [(t, x) if t else x for t, x in zip(TITLES, TEXTS)]
+    if encoder.settings.passage_format == "pair":  # SimLM's pair, `("", text)` when untitled
+        docs = list(zip(TITLES, TEXTS))
     else:
         docs = [f"{t} {x}" if t else x for t, x in zip(TITLES, TEXTS)]
     expected = encode_texts(encoder, tok, titles=TITLES, texts=TEXTS)

@@ -11,6 +11,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from simlm.data.io import write_json
+from simlm.runtime import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ def run_stage(cfg: DictConfig) -> float | None:
     log.info(
         "stage %s finished in %.1f s; outputs in %s", cfg.stage.name, time.perf_counter() - started, out_dir
     )
-    from simlm.distributed import rank
-
-    if rank() == 0:  # under DDP every rank runs the stage; one writes the results
+    if is_main_process():  # under DDP / torchrun every rank runs the stage; one writes the results
         write_json(out_dir / "metrics.json", metrics)
     return optimized_value(metrics, cfg.get("optimized_metric"))
 
