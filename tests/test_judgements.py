@@ -218,3 +218,14 @@ def test_every_data_config_has_the_mrr_threshold_setting(compose):
     for path in sorted(conf.glob("*.yaml")):  # its own line or inherited (scifact: from beir)
         data = compose(f"data={path.stem}").data
         assert "mrr_threshold" in data and data.mrr_threshold is None, path.name
+
+
+def test_validation_metrics_take_the_data_sets_mrr_threshold(compose, tmp_path):
+    """The datamodules hand `data.mrr_threshold` to the validation metrics (callback and re-ranker)."""
+    from types import SimpleNamespace
+
+    from simlm.data.datamodules import CorpusDataModule
+
+    threshold = CorpusDataModule.mrr_threshold.fget
+    assert threshold(SimpleNamespace(data=SimpleNamespace(mrr_threshold=2))) == 2
+    assert threshold(SimpleNamespace(data=None)) is None  # before setup: the default rule

@@ -74,8 +74,7 @@ class RetrievalEvaluation(pl.Callback):
         )
         if not trainer.is_global_zero:
             return None
-        threshold = getattr(getattr(dm, "data", None), "mrr_threshold", None)  # data.mrr_threshold
-        m = evaluate_run(run, dm.val_qrels, mrr_threshold=threshold)
+        m = evaluate_run(run, dm.val_qrels, mrr_threshold=dm.mrr_threshold)
         return {"val/ndcg@10": m["ndcg@10"], "val/mrr@10": m["mrr@10"], "val/recall@100": m["recall@100"]}
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -101,6 +101,11 @@ class CorpusDataModule(pl.LightningDataModule):
     data: RetrievalData | None = None
 
     @property
+    def mrr_threshold(self) -> int | None:
+        """The data set's `data.mrr_threshold` for validation MRR (None: the default rule, or before setup)."""
+        return getattr(self.data, "mrr_threshold", None)
+
+    @property
     def corpus(self) -> Corpus:
         assert self.data is not None, "call setup() first"
         return self.data.corpus

@@ -122,8 +122,7 @@ class CrossEncoderReranker(pl.LightningModule):
             scores = self.all_gather(scores).reshape(-1)
         by_query = scores_by_query([dm.val_pairs[i] for i in index.tolist()], scores.tolist())
         reranked = merge_reranked(dm.val_run, by_query, dm.val_depth)
-        threshold = getattr(getattr(dm, "data", None), "mrr_threshold", None)  # data.mrr_threshold
-        metrics = evaluate_run(reranked, dm.val_qrels, mrr_threshold=threshold)
+        metrics = evaluate_run(reranked, dm.val_qrels, mrr_threshold=dm.mrr_threshold)
         self.log_dict(
             {
                 "val/mrr@10": metrics["mrr@10"],
