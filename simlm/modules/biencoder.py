@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from simlm.losses import (
     temperature_at,
 )
 from simlm.models.encoder import TextEncoder
+from simlm.models.grad_cache import GradCacheSettings, cached_encode
 from simlm.modules.common import set_sampling_epoch, warmup_decay_optimizers
 
 
@@ -27,7 +29,8 @@ class BiEncoderModule(pl.LightningModule):
     With `kd_alpha` set the loss is KL(teacher || student) over each query's own group (teacher = softmax
     of the batch's `scores`, raw re-ranker logits) + kd_alpha * contrastive loss (SimLM's
     `train_kd_biencoder.sh` recipe). `attention_dropout`: the backbone's (`model.attention_dropout`; None:
-    the checkpoint's).
+    the checkpoint's). `grad_cache`: `{query_chunk, passage_chunk}` encodes training batches with GradCache
+    (`simlm.models.grad_cache`): the same loss and gradients, one chunk's activations in memory.
     """
 
     def __init__(
@@ -46,9 +49,11 @@ class BiEncoderModule(pl.LightningModule):
         kd_alpha: float | None = None,
         kd_mask_hn: bool = False,
         attention_dropout: float | None = None,
+        grad_cache: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.grad_cache = GradCacheSettings.parse(grad_cache)
         if kd_mask_hn and scaled_loss:
             raise ValueError("kd_mask_hn needs scaled_loss=false (the local-row loss), as in SimLM")
         self.encoder = TextEncoder.from_pretrained(
@@ -58,8 +63,16 @@ class BiEncoderModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.encoder.encode(batch["query"], is_query=True)
-        p = self.encoder.encode(batch["passage"], is_query=False)
+        gc = self.grad_cache
+        if gc is None or not (self.training and torch.is_grad_enabled()):
+            q = self.encoder.encode(batch["query"], is_query=True)
+            p = self.encoder.encode(batch["passage"], is_query=False)
+            return q, p
+        params = list(self.encoder.parameters())
+        q = cached_encode(partial(self.encoder.encode, is_query=True), batch["query"], gc.query_chunk, params)
+        p = cached_encode(
+            partial(self.encoder.encode, is_query=False), batch["passage"], gc.passage_chunk, params
+        )
         return q, p
 
     def _group_size(self, batch: dict[str, Any]) -> int:

@@ -201,6 +201,7 @@ NEUTRAL_FLAGS = {
     ("model", "attention_dropout"): None,
     ("stage", "module", "attention_dropout"): None,
     ("stage", "quantize"): None,
+    ("stage", "module", "grad_cache"): None,
     ("data", "mrr_threshold"): None,
 }
 
