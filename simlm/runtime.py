@@ -69,8 +69,14 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512_BF16 or AMX tiles).
 
     There bf16 autocast is about twice as fast as fp32; on AVX2-only CPUs it is several times slower.
-    Asks torch's CPU capability probes, then the kernel's CPU flags.
+    Asks torch's CPU capability probes, then the kernel's CPU flags. `SIMLM_CPU_BF16=1` / `0` overrides the
+    detection (a CPU it gets wrong; the test suite pins 0 so numerical tests are fp32 on every machine).
     """
+    forced = os.environ.get("SIMLM_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ValueError(f"SIMLM_CPU_BF16 must be 0 or 1 (or unset: detect), got {forced!r}")
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         supported = getattr(torch.cpu, probe, None)
         if supported is not None and supported():

@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trainer.precision=auto picks bf16 on CPUs with native bf16: pin fp32 so the numerical tests compare like
+# with like on every machine; tests/test_precision.py runs both paths explicitly
+os.environ.setdefault("SIMLM_CPU_BF16", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 from benchmarks.common import SCIFACT  # noqa: E402  (simlm.config.find_scifact: the lookup data=scifact uses)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -131,3 +132,46 @@ def test_every_training_stage_applies_model_attention_dropout(stage, compose, ti
         module = instantiate(compose(*base, f"model.attention_dropout={value}").stage.module, _convert_="all")
         trained = {"rlm": "encoder", "train_reranker": "model"}.get(stage, "encoder")
         assert _attention_dropouts(getattr(module, trained)) == {expected}
+
+
+@pytest.mark.parametrize(("forced", "expected"), [("1", True), ("0", False)])
+def test_detection_can_be_forced(monkeypatch, forced, expected):
+    monkeypatch.setenv("SIMLM_CPU_BF16", forced)
+    assert runtime.cpu_has_native_bf16() is expected
+    monkeypatch.setenv("SIMLM_CPU_BF16", "yes")
+    with pytest.raises(ValueError, match="SIMLM_CPU_BF16"):
+        runtime.cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("group", ["cpu", "gpu", "ddp"])
+def test_auto_is_the_default_of_the_trainer_groups(compose, group):
+    assert compose(f"trainer={group}").trainer.precision == "auto"
+
+
+@pytest.mark.parametrize(("forced", "expected"), [("1", "bf16-mixed"), ("0", "32-true")])
+def test_a_training_stage_and_its_evaluation_run_the_chosen_path(
+    forced, expected, monkeypatch, caplog, compose, tmp_path, small_beir, small_beir_bm25, tiny_bert
+):
+    """Both CPU paths end to end at the default `trainer.precision`: the choice is logged and used."""
+    from simlm.stages import run_stage
+    from tests.test_biencoder import biencoder_overrides
+
+    monkeypatch.setenv("SIMLM_CPU_BF16", forced)
+    monkeypatch.setattr(runtime, "_LOGGED", set())
+    import simlm.retrieval.encoding as encoding
+
+    used = []
+    monkeypatch.setattr(encoding, "autocast", lambda p, d: used.append(p) or runtime.autocast(p, d))
+    cfg = compose(
+        *biencoder_overrides(small_beir, tiny_bert, small_beir_bm25 / "train.jsonl"),
+        "trainer.max_epochs=1",
+        "stage.datamodule.max_train_examples=16",
+        output_dir=tmp_path,
+    )
+    assert cfg.trainer.precision == "auto"
+    with caplog.at_level(logging.INFO, logger="simlm.runtime"):
+        run_stage(cfg)
+    assert f"precision: {expected}" in caplog.text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert math.isfinite(metrics["test"]["ndcg@10"]) and math.isfinite(metrics["val"]["ndcg@10"])
+    assert used and set(used) == {expected}  # the evaluation's encoding ran at the same precision

@@ -67,6 +67,7 @@ class NegativeMining(pl.Callback):
             shard_size=self.shard_size,
             batch_size=self.batch_size,
             dtype="float32",
+            precision=trainer.precision,  # the training precision (trainer.precision=auto: the hardware's)
         )
         if not trainer.is_global_zero:
             return
@@ -80,6 +81,7 @@ class NegativeMining(pl.Callback):
             queries,
             self.mining.depth,
             batch_size=self.batch_size,
+            precision=trainer.precision,
             backend=self.backend,
             shards=load_shards(emb_dir),
         )

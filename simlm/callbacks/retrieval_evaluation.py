@@ -48,6 +48,7 @@ class RetrievalEvaluation(pl.Callback):
             titles=dm.corpus.titles(mine.tolist()),
             texts=dm.corpus.texts(mine.tolist()),
             batch_size=self.batch_size,
+            precision=trainer.precision,  # the training precision (trainer.precision=auto: the hardware's)
         )
         if world == 1:
             return emb
@@ -69,6 +70,7 @@ class RetrievalEvaluation(pl.Callback):
             self.top_k,
             rows=rows,
             batch_size=self.batch_size,
+            precision=trainer.precision,
             backend=self.backend,
             shards=[(rows, p_emb)],
         )

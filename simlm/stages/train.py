@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> Metrics:
         if final and final.enabled:
             mining = [cb for cb in trainer.callbacks if getattr(cb, "embeddings_dir", None)]
             emb_dir = mining[0].embeddings_dir if mining else None
-            metrics.update(evaluate_model(module, datamodule, cfg, out_dir, emb_dir))
+            metrics.update(evaluate_model(module, datamodule, cfg, out_dir, emb_dir, trainer.precision))
         print(format_metrics(metrics, title=f"{cfg.stage.name} on {cfg.data.name}"))
     return metrics
 
@@ -87,10 +87,12 @@ def evaluate_model(
     cfg: DictConfig,
     out_dir: Path,
     embeddings_dir: Path | None = None,
+    precision: str | None = None,
 ) -> Metrics:
     """Retrieve for `data.eval_split` with the trained encoder; write its run files; return its metrics.
 
     `embeddings_dir`: the corpus already encoded by this model (the mining callback's shards): reused.
+    `precision`: the encoding's (the trainer's, so evaluation runs on the path training took).
     """
     from simlm.evaluation import evaluate
     from simlm.retrieval.dense import dense_retrieve
@@ -109,6 +111,7 @@ def evaluate_model(
             data.queries(split),
             final.top_k,
             batch_size=final.batch_size,
+            precision=precision,
             shards=load_shards(embeddings_dir) if embeddings_dir else None,
         )
         write_run_files(out_dir, split, run_, tag=cfg.stage.name)
