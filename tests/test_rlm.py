@@ -195,7 +195,7 @@ def test_generator_logits_at_masked_positions_match_the_full_forward(frozen):
             intermediate_size=32,
         )
     ).eval()
-    for generator in (electra, frozen.generator):
+    for generator in (electra, frozen.generator.eval()):  # no dropout: two forwards to compare
         frozen.generator = generator
         ids = torch.randint(5, 100, (3, 12))
         masked = torch.rand(3, 12) < 0.4
@@ -286,7 +286,8 @@ def test_generator_runs_twice_and_a_frozen_one_gets_no_gradient(frozen, trained,
         module.compute_losses(batch)["loss"].backward()
         # two passes: the encoder side (differentiable when the generator trains), the decoder side never
         assert calls == [trains, False]
-        assert module.encoder.training and module.generator.training == trains
+        # both sample with dropout on, as in SimLM's trainer (a frozen one only gets no gradient)
+        assert module.encoder.training and module.generator.training
         grads = [p.grad for p in module.generator.parameters()]
         if trains:
             assert any(g is not None and g.abs().sum() > 0 for g in grads)
@@ -351,6 +352,32 @@ def read_csv_metrics(out: Path) -> list[dict[str, str]]:
     (path,) = out.glob("csv/version_*/metrics.csv")
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def test_a_frozen_generator_can_sample_in_eval_mode(tiny_bert):
+    module = ReplacedLMModule(str(tiny_bert), generator={"name_or_path": str(tiny_bert), "train_mode": False})
+    module.train()
+    assert module.encoder.training and not module.generator.training
+
+
+def test_mlm_control_is_plain_masked_lm_of_the_encoder(tiny_bert, tokenizer, passages, tmp_path):
+    """objective=mlm: CE at the masked positions of the [MASK]ed input; no generator, no decoder saved."""
+    module = ReplacedLMModule(str(tiny_bert), objective="mlm").eval()
+    assert module.generator is None and module.decoder is None
+    batch = RLMCollator(tokenizer, seed=3)(passages[:6])
+    got = module.compute_losses(batch)
+    logits = module.encoder(
+        input_ids=batch["enc_input_ids"],
+        attention_mask=batch["enc_attention_mask"],
+        token_type_ids=batch["enc_token_type_ids"],
+    ).logits
+    want = F.cross_entropy(logits.view(-1, logits.shape[-1]), batch["enc_labels"].view(-1))
+    assert (batch["enc_labels"] >= 0).sum() > 0
+    assert float(got["loss"]) == pytest.approx(float(want), rel=1e-5)
+    module.save_model(tmp_path / "mlm", tokenizer)
+    assert not (tmp_path / "mlm" / DECODER_FILE).exists()
+    with pytest.raises(ValueError, match="stage.module.objective"):
+        ReplacedLMModule(str(tiny_bert), objective="electra")
 
 
 def test_pretrain_then_finetune_a_biencoder(compose, tmp_path, small_beir, small_beir_bm25, tiny_bert):

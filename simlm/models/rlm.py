@@ -30,12 +30,15 @@ class GeneratorSettings:
     `name_or_path=None` builds a randomly initialised MLM from the encoder's config with `num_layers`
     layers and `hidden_size` (default encoder hidden // 3, ELECTRA's generator ratio),
     `num_attention_heads` (default hidden // 64, at least 1) and `intermediate_size` (default 4 x hidden).
-    `mlm_weight` scales the generator's MLM loss when it trains (`freeze=false`).
+    `mlm_weight` scales the generator's MLM loss when it trains (`freeze=false`). `train_mode`: the
+    generator samples with its dropout on during training, as in SimLM's trainer (which never puts it in
+    eval mode); false keeps a frozen generator in eval mode (deterministic replacements).
     """
 
     name_or_path: str | None = "google/electra-base-generator"
     freeze: bool = True
     mlm_weight: float = 0.2
+    train_mode: bool = True
     num_layers: int = 2
     hidden_size: int | None = None
     num_attention_heads: int | None = None

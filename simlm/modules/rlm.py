@@ -28,7 +28,7 @@ from simlm.models.rlm import (
 )
 from simlm.modules.common import warmup_decay_optimizers
 
-__all__ = ["DECODER_FILE", "ReplacedLMModule", "sample_replacements"]
+__all__ = ["DECODER_FILE", "OBJECTIVES", "ReplacedLMModule", "sample_replacements"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,18 @@ def sample_replacements(masked_logits: Tensor, input_ids: Tensor, masked: Tensor
     return out
 
 
+OBJECTIVES = ("rlm", "mlm")
+
+
 class ReplacedLMModule(pl.LightningModule):
     """SimLM's RLM pre-training: loss = L_enc + L_dec (+ mlm_weight * L_gen when the generator trains).
 
     Batches come from :class:`simlm.data.rlm.RLMCollator`. `save_model` writes the encoder as a Hugging
     Face MaskedLM folder plus `decoder.safetensors`; a `model_name_or_path` holding that file resumes the
     decoder from it. `attention_dropout`: the encoder's (`model.attention_dropout`; None: the checkpoint's).
+    `objective="mlm"` is the control SimLM's claim is measured against: plain masked language modelling of
+    the encoder on the same masked inputs (loss at the masked positions only; no generator, no decoder,
+    no [CLS] bottleneck), at the same budget.
     """
 
     def __init__(
@@ -64,12 +70,20 @@ class ReplacedLMModule(pl.LightningModule):
         warmup_steps: int = 4000,
         warmup_type: str = "log",
         attention_dropout: float | None = None,
+        objective: str = "rlm",
     ) -> None:
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"stage.module.objective must be one of {OBJECTIVES}, got {objective!r}")
         self.save_hyperparameters()
+        self.objective = objective
         self.encoder = load_mlm(model_name_or_path, attention_dropout)
-        self.decoder = build_decoder(self.encoder, decoder_layers, model_name_or_path)
         self.gen_settings = GeneratorSettings.from_dict(generator)
+        if objective == "mlm":
+            self.decoder = self.generator = None
+            self.train()
+            return
+        self.decoder = build_decoder(self.encoder, decoder_layers, model_name_or_path)
         self.generator = build_generator(self.gen_settings, self.encoder.config)
         if self.generator.config.vocab_size != self.encoder.config.vocab_size:
             raise ValueError(
@@ -82,12 +96,12 @@ class ReplacedLMModule(pl.LightningModule):
 
     @property
     def generator_trains(self) -> bool:
-        return not self.gen_settings.freeze
+        return self.generator is not None and not self.gen_settings.freeze
 
     def train(self, mode: bool = True) -> ReplacedLMModule:
-        """Set the mode; a frozen generator always stays in eval mode (no dropout)."""
+        """Set the mode; a frozen generator with `train_mode: false` stays in eval mode (no dropout)."""
         super().train(mode)
-        if not self.generator_trains:
+        if self.generator is not None and not (self.generator_trains or self.gen_settings.train_mode):
             self.generator.eval()
         return self
 
@@ -143,7 +157,14 @@ class ReplacedLMModule(pl.LightningModule):
         return token_ce(mlm_head(self.encoder)(hidden[keep]), labels[keep])
 
     def compute_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """`loss` to back-propagate and the logged `enc_loss`, `dec_loss`, `gen_loss`, `replace_ratio`."""
+        """`loss` to back-propagate and the logged `enc_loss`, `dec_loss`, `gen_loss`, `replace_ratio`
+        (`objective="mlm"`: `loss` = `enc_loss`, the masked positions' CE of the [MASK]ed input)."""
+        if self.objective == "mlm":
+            hidden = self.encode(
+                batch["enc_input_ids"], batch["enc_attention_mask"], batch["enc_token_type_ids"]
+            )
+            enc_loss = self.token_loss(hidden, batch["enc_labels"])
+            return {"loss": enc_loss, "enc_loss": enc_loss.detach()}
         enc_ids, gen_loss = self.replace(batch, "enc", with_loss=True)
         dec_ids, _ = self.replace(batch, "dec", with_loss=False)
         labels = batch["labels"]
@@ -193,8 +214,9 @@ class ReplacedLMModule(pl.LightningModule):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(out_dir)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.decoder.state_dict().items()}
-        save_file(state, str(out_dir / DECODER_FILE))
+        if self.decoder is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.decoder.state_dict().items()}
+            save_file(state, str(out_dir / DECODER_FILE))
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         return out_dir
