@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from simlm.data.corpus import Corpus
 from simlm.data.dataset import RetrievalData
+from simlm.data.folds import FoldSettings
 from simlm.data.formats import Qrels, ScoredDocs, TrainingExample, read_examples
 from simlm.data.sampling import sample_group
 from simlm.data.tokenization import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
@@ -166,8 +167,10 @@ class BiEncoderDataModule(CorpusDataModule):
         holdout_queries: int = 100,
         max_train_examples: int | None = None,
         fill: str = "random",
+        train_fold: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
+        self.train_fold = FoldSettings.parse(train_fold)
         self.data_cfg = data
         self.model_name_or_path = model_name_or_path
         self.settings = RetrievalSettings.from_dict(dict(settings))
@@ -224,6 +227,8 @@ class BiEncoderDataModule(CorpusDataModule):
                 val_split,
                 len(held),
             )
+        if self.train_fold is not None:  # cross-fitting: this model never sees the excluded fold's queries
+            examples = [ex for ex in examples if self.train_fold.keeps(ex.query_id)]
         if self.max_train_examples:
             examples = examples[: self.max_train_examples]
         if not examples:

@@ -96,6 +96,7 @@ class RerankerDataModule(BiEncoderDataModule):
         val_depth: int = 100,
         val_max_queries: int | None = None,
         val_retriever: Any | None = None,
+        train_fold: dict[str, int] | None = None,
     ) -> None:
         super().__init__(
             data,
@@ -110,6 +111,7 @@ class RerankerDataModule(BiEncoderDataModule):
             holdout_queries=holdout_queries,
             max_train_examples=max_train_examples,
             fill=fill,
+            train_fold=train_fold,
         )
         self.max_length = max_length
         self.val_run_file = val_run_file

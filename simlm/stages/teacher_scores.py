@@ -4,6 +4,10 @@ Every positive and the first `num_negatives` negatives (all by default) of each 
 with the re-ranker; the output `kd_<split>.jsonl` has the same schema, the negatives cut to the scored
 ones and every score replaced by the raw logit (5 decimals, as SimLM). Several devices: torchrun, each
 rank scores a contiguous slice of the pairs and rank 0 writes.
+
+Cross-fitted teachers (`stage.cross_fit_models`: K re-rankers, the i-th trained without fold i of the
+training queries): each example is scored by the re-ranker of its query's fold, so no query is scored
+by a model that trained on it; the models' own records of their training queries are checked first.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
+from simlm.data.folds import fold_of, read_trained_queries
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
 from simlm.models.hub import check_model_source
 from simlm.retrieval.rerank import load_and_score
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
-from simlm.stages.params import NON_EMPTY_TEXT, NON_NEGATIVE_INT, PATH, POSITIVE_INT, optional
+from simlm.stages.params import NON_EMPTY_TEXT, NON_NEGATIVE_INT, PATH, POSITIVE_INT, Check, optional
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +41,43 @@ PARAMS = {
     "max_length": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
     "out_file": PATH,
+    "cross_fit_models": optional(
+        Check(
+            "a list of at least 2 model folders",
+            lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(m, str) and m for m in v),
+        )
+    ),
 }
+
+
+def cross_fit_assignment(examples: list[TrainingExample], models: list[str]) -> list[int]:
+    """The model index (= fold) scoring each example, after checking that no model trained on its queries.
+
+    Model i must carry the record `stage=train_reranker stage.datamodule.train_fold={folds: K, exclude: i}`
+    writes (`simlm.data.folds`); anything else is a ValueError naming the model.
+    """
+    k = len(models)
+    records = []
+    for i, model in enumerate(models):
+        record = read_trained_queries(model)
+        if record is None:
+            raise ValueError(
+                f"stage.cross_fit_models[{i}] ({model}) has no record of its training queries: train it with "
+                f"stage=train_reranker stage.datamodule.train_fold='{{folds: {k}, exclude: {i}}}'"
+            )
+        if record["folds"] != k or record["excluded_fold"] != i:
+            raise ValueError(
+                f"stage.cross_fit_models[{i}] ({model}) was trained without fold {record['excluded_fold']} of "
+                f"{record['folds']}, but position {i} of {k} models must exclude fold {i} of {k}"
+            )
+        records.append(record["query_ids"])
+    folds = [fold_of(ex.query_id, k) for ex in examples]
+    for ex, fold in zip(examples, folds):
+        if ex.query_id in records[fold]:
+            raise ValueError(
+                f"query {ex.query_id!r} is in fold {fold}, but stage.cross_fit_models[{fold}] trained on it"
+            )
+    return folds
 
 
 def teacher_examples(
@@ -74,7 +115,12 @@ def run(cfg: DictConfig) -> Metrics:
 
 def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
-    check_model_source(stage.model, "stage.model")  # before a large corpus is read
+    models = list(stage.get("cross_fit_models") or [str(stage.model)])
+    keys = (
+        [f"stage.cross_fit_models[{i}]" for i in range(len(models))] if len(models) > 1 else ["stage.model"]
+    )
+    for model, key in zip(models, keys):
+        check_model_source(model, key)  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     corpus = data.corpus
     path = stage.get("examples_file") or data.examples_path(str(stage.split))
@@ -91,15 +137,33 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
         for ex in examples
         for doc_id in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
     ]
-    scores, seconds = load_and_score(
-        str(stage.model),
-        corpus,
-        pairs,
-        runtime,
-        max_length=int(stage.max_length),
-        batch_size=int(stage.batch_size),
-        quantize_mode=stage.get("quantize"),
+    owner = cross_fit_assignment(examples, models) if len(models) > 1 else [0] * len(examples)
+    pair_owner = np.array(
+        [
+            i
+            for ex, i in zip(examples, owner)
+            for _ in range(len(ex.positives.doc_ids) + len(ex.negatives.doc_ids[:n_neg]))
+        ]
     )
+    scores = np.zeros(len(pairs), dtype=np.float64)
+    seconds = 0.0
+    for i, model in enumerate(models):
+        rows = np.flatnonzero(pair_owner == i)
+        if not len(rows):
+            continue
+        fold_scores, fold_seconds = load_and_score(
+            model,
+            corpus,
+            [pairs[r] for r in rows],
+            runtime,
+            max_length=int(stage.max_length),
+            batch_size=int(stage.batch_size),
+            quantize_mode=stage.get("quantize"),
+            model_key=keys[i],
+        )
+        seconds += fold_seconds
+        if runtime.is_main:
+            scores[rows] = fold_scores
     if not runtime.is_main:
         return {}
     scored = teacher_examples(examples, scores, n_neg)
@@ -116,8 +180,10 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             "seconds": round(seconds, 3),
             "pairs_per_s": round(len(pairs) / seconds, 1) if seconds > 0 else 0.0,
             "positive_top1": correct / len(scored),
+            "teachers": len(models),
         }
     }
     log.info("teacher scores of %s written to %s", path, out_file)
-    print(format_metrics(metrics, title=f"teacher scores of {path} with {stage.model}"))
+    teachers = stage.model if len(models) == 1 else f"{len(models)} cross-fitted re-rankers"
+    print(format_metrics(metrics, title=f"teacher scores of {path} with {teachers}"))
     return metrics

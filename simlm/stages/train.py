@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from simlm.checkpoints import load_best_weights
+from simlm.data.folds import write_trained_queries
 from simlm.loggers import log_run_config
 from simlm.runtime import resolve_device, resolve_precision
 from simlm.stages import Metrics, format_metrics
@@ -67,6 +68,9 @@ def run(cfg: DictConfig) -> Metrics:
     metrics: Metrics = {}
     if trainer.is_global_zero:
         module.save_model(out_dir / "model", datamodule.tokenizer)
+        if getattr(datamodule, "train_fold", None) is not None:  # a cross-fitted teacher checks it
+            trained = (ex.query_id for ex in datamodule.train_dataset.examples)
+            write_trained_queries(out_dir / "model", trained, datamodule.train_fold)
         val = {
             k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
         }
