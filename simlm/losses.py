@@ -200,14 +200,17 @@ def temperature_at(step: int, warmup_steps: int, t: float, t_warmup: bool) -> fl
 # ----------------------------------------------------------------------------------------- group losses
 
 
-def kd_loss(student_group_logits: Tensor, teacher_scores: Tensor) -> Tensor:
+def kd_loss(student_group_logits: Tensor, teacher_scores: Tensor, teacher_temperature: float = 1.0) -> Tensor:
     """KL(teacher ‖ student) with batchmean (the original KD loss).
 
     ``student_group_logits [B, n]`` are already divided by τ; ``teacher_scores [B, n]`` are raw teacher
-    logits (temperature 1). Returns (1/B) Σ_i Σ_m p^T_im (log p^T_im − log p^S_im).
+    logits, softened by ``teacher_temperature`` (1: SimLM; > 1 flattens a near one-hot teacher).
+    Returns (1/B) Σ_i Σ_m p^T_im (log p^T_im − log p^S_im).
     """
+    if teacher_temperature <= 0:
+        raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature}")
     log_ps = F.log_softmax(student_group_logits, dim=-1)
-    log_pt = F.log_softmax(teacher_scores.to(log_ps.dtype), dim=-1)
+    log_pt = F.log_softmax(teacher_scores.to(log_ps.dtype) / teacher_temperature, dim=-1)
     return F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True)
 
 

@@ -238,6 +238,23 @@ def test_kd_loss_matches_kl_formula():
     assert abs(expected - reverse) > 1e-3  # the direction matters and is the right one
 
 
+@pytest.mark.parametrize("t", [0.5, 2.0, 10.0])
+def test_kd_teacher_temperature_softens_the_teacher(t):
+    b, n = 4, 6
+    s, te = rand(b, n, seed=20) * 3, rand(b, n, seed=21) * 8
+    expected = (
+        sum(
+            bf_kl(bf_log_softmax([x / t for x in te[i].tolist()]), bf_log_softmax(s[i].tolist()))
+            for i in range(b)
+        )
+        / b
+    )
+    assert abs(kd_loss(s, te, teacher_temperature=t).item() - expected) < TOL
+    assert abs(kd_loss(s, te, teacher_temperature=t).item() - kd_loss(s, te).item()) > 1e-3
+    with pytest.raises(ValueError, match="teacher_temperature"):
+        kd_loss(s, te, teacher_temperature=0.0)
+
+
 def test_kd_loss_zero_for_equal_distributions_and_sgd_moves_to_teacher():
     te = rand(3, 5, seed=18)
     shift = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)

@@ -27,8 +27,8 @@ class BiEncoderModule(pl.LightningModule):
     """Dense bi-encoder trained with SimLM's full contrastive loss over all-gathered in-batch negatives.
 
     With `kd_alpha` set the loss is KL(teacher || student) over each query's own group (teacher = softmax
-    of the batch's `scores`, raw re-ranker logits) + kd_alpha * contrastive loss (SimLM's
-    `train_kd_biencoder.sh` recipe). `attention_dropout`: the backbone's (`model.attention_dropout`; None:
+    of the batch's `scores`, raw re-ranker logits, divided by `kd_teacher_temperature`) + kd_alpha *
+    contrastive loss (SimLM's `train_kd_biencoder.sh` recipe). `attention_dropout`: the backbone's (`model.attention_dropout`; None:
     the checkpoint's). `grad_cache`: `{query_chunk, passage_chunk}` encodes training batches with GradCache
     (`simlm.models.grad_cache`): the same loss and gradients, one chunk's activations in memory.
     """
@@ -48,6 +48,7 @@ class BiEncoderModule(pl.LightningModule):
         train_n_passages: int = 16,
         kd_alpha: float | None = None,
         kd_mask_hn: bool = False,
+        kd_teacher_temperature: float = 1.0,
         attention_dropout: float | None = None,
         grad_cache: dict[str, int] | None = None,
     ) -> None:
@@ -104,7 +105,11 @@ class BiEncoderModule(pl.LightningModule):
                 raise ValueError(
                     "KD needs a teacher score for every sampled passage (run stage=teacher_scores)"
                 )
-            kl = kd_loss(own_group_logits(local_logits, n, start), teacher.to(local_logits.dtype))
+            kl = kd_loss(
+                own_group_logits(local_logits, n, start),
+                teacher.to(local_logits.dtype),
+                hp.kd_teacher_temperature,
+            )
             metrics["contrastive_loss"] = metrics["loss"]
             metrics["kd_loss"] = kl.item()
             metrics["loss"] = hp.kd_alpha * metrics["contrastive_loss"] + metrics["kd_loss"]

@@ -202,6 +202,9 @@ NEUTRAL_FLAGS = {
     ("stage", "module", "attention_dropout"): None,
     ("stage", "quantize"): None,
     ("stage", "module", "grad_cache"): None,
+    ("stage", "module", "kd_teacher_temperature"): 1.0,
+    ("stage", "datamodule", "train_fold"): None,
+    ("stage", "cross_fit_models"): None,
     ("data", "mrr_threshold"): None,
 }
 
