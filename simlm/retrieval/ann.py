@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from simlm.data.io import atomic_path, atomic_write, write_json
-from simlm.retrieval.index import FAISS_GPU_MAX_K, merge_topk
+from simlm.retrieval.index import FAISS_GPU_MAX_K, TIE_MARGIN, merge_topk
 from simlm.retrieval.store import (
     Block,
     EmbeddingMismatchError,
@@ -335,19 +335,22 @@ class FaissIndex:
     def search(
         self, queries: np.ndarray, top_k: int, batch_size: int = 1024
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`(scores [Q, k] float32, corpus rows [Q, k] int64)`, best first (ties by the lower row), padded
-        with -inf / -1 where the index returns fewer than `top_k` results (small `nprobe`)."""
+        """`(scores [Q, k] float32, corpus rows [Q, k] int64)`, best first, padded with -inf / -1 where the
+        index returns fewer than `top_k` results (e.g. a small `nprobe`). Tied scores are ordered by the
+        lower row; a tie group at the k-th place is cut by row when it fits in `TIE_MARGIN` extra results."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
             raise ValueError(
                 f"query embeddings of shape {queries.shape}, the index has dimension {self.manifest['dim']}"
             )
-        index = self.index if not self.on_gpu or top_k <= FAISS_GPU_MAX_K else self.cpu_index
+        # a few extra results, so a tie group at the k-th place is cut by row, as exact search cuts it
+        fetch = top_k + TIE_MARGIN if self.cpu_index.ntotal > top_k else top_k
+        index = self.index if not self.on_gpu or fetch <= FAISS_GPU_MAX_K else self.cpu_index
         scores = np.empty((len(queries), top_k), dtype=np.float32)
         rows = np.empty((len(queries), top_k), dtype=np.int64)
         for start in range(0, len(queries), batch_size):
             block = queries[start : start + batch_size]
-            found_scores, ids = index.search(block, top_k)
+            found_scores, ids = index.search(block, fetch)
             valid = ids >= 0
             found_rows = np.where(valid, np.asarray(self.rows)[np.where(valid, ids, 0)], -1)
             found_scores = np.where(valid, found_scores, -np.inf).astype(np.float32)

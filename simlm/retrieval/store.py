@@ -377,8 +377,7 @@ def iter_blocks(
         if block.shard != current:
             arrays = None  # unmap the previous shard before mapping the next
             current, arrays = block.shard, _open_shard(emb_dir, manifest, block.shard, mmap)
-        rows, emb = arrays
-        yield rows[block.start : block.end], emb[block.start : block.end]
+        yield arrays[0][block.start : block.end], arrays[1][block.start : block.end]
 
 
 def load_shards(emb_dir: str | Path, mmap: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
