@@ -11,7 +11,17 @@ from tests.conftest import PROJECT_ROOT
 STAGES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "stage").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "trainer").glob("*.yaml"))
-INFERENCE_STAGES = ("bm25", "encode", "index", "search", "rerank", "teacher_scores", "mine", "evaluate", "export")
+INFERENCE_STAGES = (
+    "bm25",
+    "encode",
+    "index",
+    "search",
+    "rerank",
+    "teacher_scores",
+    "mine",
+    "evaluate",
+    "export",
+)
 
 
 def test_every_inference_stage_declares_its_parameters():

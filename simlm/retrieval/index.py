@@ -14,13 +14,15 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simlm.data.formats import Run
-from simlm.retrieval.store import Block, iter_blocks, plan_blocks, read_manifest
 from simlm.runtime import rank_slice
+
+if TYPE_CHECKING:
+    from simlm.retrieval.store import Block
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class _FaissShard:
         if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU on the test machines
             config = faiss.GpuIndexFlatConfig()
             config.useFloat16 = fp16_storage
+            config.device = _cuda_index() % faiss.get_num_gpus()  # this process's GPU
             self._gpu_resources = faiss.StandardGpuResources()
             self.gpu_index = faiss.GpuIndexFlatIP(self._gpu_resources, d, config)
             self.gpu_index.add(self.emb32)
@@ -57,7 +60,10 @@ class _TorchShard:
         import torch
 
         self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # this process's GPU (the search stage sets it per rank), else the CPU
+        self.device = (
+            torch.device("cuda", _cuda_index()) if torch.cuda.is_available() else torch.device("cpu")
+        )
         # fp16 matmuls only on a GPU; on a CPU they are slow and less exact
         self.dtype = torch.float16 if fp16_storage and self.device.type == "cuda" else torch.float32
         self.emb32 = np.ascontiguousarray(emb, dtype=np.float32)
@@ -70,6 +76,13 @@ class _TorchShard:
             q = torch.from_numpy(queries).to(self.device, self.dtype)
             values, idx = torch.topk(q @ self.emb.T, k, dim=1, largest=True, sorted=True)
             return values.float().cpu().numpy(), idx.cpu().numpy()
+
+
+def _cuda_index() -> int:
+    """The current CUDA device of this process (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
 
 
 def _exact_topk(
@@ -167,6 +180,11 @@ class ExactSearch:
 
     def all_blocks(self) -> tuple[Block, ...]:
         """This search's blocks (all of the folder's unless it is a part)."""
+        from simlm.retrieval.store import (
+            plan_blocks,
+            read_manifest,
+        )  # the store pulls in torch and the models
+
         if self.blocks is not None:
             return self.blocks
         return tuple(plan_blocks(read_manifest(self.emb_dir), self.block_rows))
@@ -181,6 +199,8 @@ class ExactSearch:
         self, queries: np.ndarray, top_k: int, batch_size: int = 1024
     ) -> tuple[np.ndarray, np.ndarray]:
         """`search` over the blocks: `(scores [Q, k], corpus rows [Q, k])`."""
+        from simlm.retrieval.store import iter_blocks
+
         shards = iter_blocks(self.emb_dir, self.all_blocks(), mmap=self.mmap)
         return search(queries, shards, top_k, backend=self.backend, batch_size=batch_size)
 

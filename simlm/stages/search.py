@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
@@ -85,6 +86,8 @@ def run(cfg: DictConfig) -> Metrics:
 
 def _search_on_ranks(cfg: DictConfig) -> Metrics:
     runtime = Runtime.from_config(cfg)
+    if runtime.device.type == "cuda":  # pragma: no cover - exact search's GPU blocks go to this rank's GPU
+        torch.cuda.set_device(runtime.device)
     with runtime.process_group():
         return runtime.broadcast(_search(cfg, runtime))
 
