@@ -1,6 +1,6 @@
 """Retrieval at scale, by simulation: faiss indexes vs exact search, and the memory of exact search.
 
-`python -m benchmarks scale [--n 1000000] [--dim 384] [--queries 1000] [--factories ...]`
+`python -m benchmarks scale [--n 1000000] [--dim 384] [--queries 200] [--factories ...] [--skip-rss]`
 
 A corpus of `n` random unit vectors (float16 shards of 50k rows, as `stage=encode` writes them) in
 which every query has 100 planted neighbours at cosine 0.5-0.9 from its centre, scattered over the
@@ -116,12 +116,15 @@ def rss_child(spec: dict[str, Any]) -> None:
     if spec["mode"] == "mmap":
         blocks = tuple(b for b in plan_blocks(read_manifest(emb_dir)) if b.shard < spec["shards"])
         ExactSearch(emb_dir, mmap=True, blocks=blocks).search(queries, TOP_K)
-    else:  # the corpus in memory first, as one float32 matrix (what torch.mm / IndexFlatIP search holds)
-        parts = [p for _, p in zip(range(spec["shards"]), load_shards(emb_dir, mmap=False))]
-        rows = np.concatenate([r for r, _ in parts])
-        emb = np.concatenate([np.asarray(e, dtype=np.float32) for _, e in parts])
-        del parts
-        search(queries, [(rows, emb)], TOP_K)
+    else:  # the corpus in memory first, one float32 matrix filled shard by shard (SimLM's torch.mm input)
+        manifest = read_manifest(emb_dir)
+        n = sum(s["end"] - s["start"] for s in manifest["shards"][: spec["shards"]])
+        emb = np.empty((n, manifest["dim"]), dtype=np.float32)
+        filled = 0
+        for _, (rows, shard) in zip(range(spec["shards"]), load_shards(emb_dir, mmap=False)):
+            emb[filled : filled + len(rows)] = shard
+            filled += len(rows)
+        search(queries, [(np.arange(n, dtype=np.int64), emb)], TOP_K)
     seconds = time.perf_counter() - start
     peak = _peak_rss_mb() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peak_rss_mb": peak, "start_rss_mb": reset or 0.0, "seconds": seconds}))
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks scale", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="corpus vectors (default 1M)")
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--factories", help="e.g. 'Flat;HNSW32@efSearch=128;IVF1024,PQ48@nprobe=32'")
     parser.add_argument("--workdir", help="where the shards and indexes go (default: a temp folder, removed)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the peak-RSS processes")
@@ -232,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     from simlm.retrieval.index import ExactSearch
     from simlm.retrieval.store import write_embeddings
 
+    # results/scale*.json hold the default size; other sizes get their own files
+    tag = "" if args.n == 1_000_000 else f"_{args.n // 1000}k"
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="simlm-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             + f". Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs."
         )
         report(
-            "scale",
+            f"scale{tag}",
             [{k: v for k, v in r.items() if k not in ("train_s", "add_s")} for r in rows],
             notes,
         )
@@ -330,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
                 rss_rows.append(row)
             mmap_peaks = [r["mmap_peak_rss_mb"] for r in rss_rows]
             report(
-                "scale_memory",
+                f"scale_memory{tag}",
                 rss_rows,
                 f"peak RSS of exact search of 100 queries, each in a fresh process; mmap: "
                 f"{min(mmap_peaks)}-{max(mmap_peaks)} MiB over a {rss_rows[-1]['passages'] // rss_rows[0]['passages']}x "
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             )
 
         report(
-            "scale_10m",
+            f"scale_10m{tag}",
             _extrapolate(rows[1:], args.n, args.dim, exact_qps),
             f"extrapolated from the {args.n:,}-vector run to {EXTRAPOLATE_TO:,} x {args.dim}: sizes and "
             "Flat/exact times linear in n; HNSW build n log n, search 1/log n; IVF lists grow as sqrt(n) "
