@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
         "simlm.failures",
         "simlm.progress",
         "simlm.runtime",
+        "simlm.launch",
         "simlm.distributed",
         "simlm.data",
     ),

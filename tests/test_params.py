@@ -11,7 +11,17 @@ from tests.conftest import PROJECT_ROOT
 STAGES = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "stage").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "trainer").glob("*.yaml"))
-INFERENCE_STAGES = ("bm25", "encode", "search", "rerank", "teacher_scores", "mine", "evaluate", "export")
+INFERENCE_STAGES = (
+    "bm25",
+    "encode",
+    "index",
+    "search",
+    "rerank",
+    "teacher_scores",
+    "mine",
+    "evaluate",
+    "export",
+)
 
 
 def test_every_inference_stage_declares_its_parameters():
@@ -55,6 +65,12 @@ BAD = [
     ("search", "stage.backend=annoy", "stage.backend must be one of 'faiss', 'torch', got 'annoy'"),
     ("search", "stage.split=[]", "stage.split must be a split name or a non-empty list"),
     ("search", "stage.tag='my run'", "stage.tag must be a non-empty string without spaces"),
+    ("search", "stage.nprobe=0", "stage.nprobe must be a positive integer or null, got 0"),
+    ("search", "stage.distribute=nodes", "stage.distribute must be one of 'auto', 'shards', 'queries'"),
+    ("search", "stage.index_to_gpu=maybe", "stage.index_to_gpu must be 'auto', true or false, got 'maybe'"),
+    ("search", "stage.index_params={k_factor:many}", "stage.index_params must be a mapping of faiss search"),
+    ("index", "stage.train_size=0", "stage.train_size must be a positive integer or null, got 0"),
+    ("index", "stage.factory=''", r"stage.factory must be a non-empty string, got ''"),
     ("rerank", "stage.depth=true", "stage.depth must be a positive integer, got True"),
     (
         "teacher_scores",

@@ -15,10 +15,11 @@ half-written one never trusted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -311,19 +312,127 @@ def read_manifest(emb_dir: str | Path, corpus_size: int | None = None) -> dict[s
     return manifest
 
 
-def load_shards(emb_dir: str | Path, mmap: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield `(rows int64 [n], embeddings [n, dim])` per shard, in manifest order, one shard at a time."""
+def manifest_sha256(emb_dir: str | Path) -> str:
+    """The sha256 of an embeddings folder's `manifest.json`: what an index built from it records."""
+    return hashlib.sha256((Path(emb_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows `start` to `end` (local offsets) of shard `shard` (its position in the manifest)."""
+
+    shard: int
+    start: int
+    end: int
+
+
+def plan_blocks(manifest: dict[str, Any], block_rows: int | None = None) -> list[Block]:
+    """The manifest's shards cut into blocks of at most `block_rows` rows (None: whole shards).
+
+    The plan depends on the manifest alone, so every process of a run cuts the same blocks.
+    """
+    if block_rows is not None and block_rows < 1:
+        raise ValueError(f"block_rows must be positive, got {block_rows}")
+    blocks = []
+    for i, s in enumerate(manifest["shards"]):
+        n = s["end"] - s["start"]
+        step = block_rows or max(n, 1)
+        blocks += [Block(i, a, min(n, a + step)) for a in range(0, n, step)]
+    return blocks
+
+
+def _open_shard(
+    emb_dir: Path, manifest: dict[str, Any], shard: int, mmap: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    s = manifest["shards"][shard]
+    mode = "r" if mmap else None
+    rows = np.load(emb_dir / s["rows"], mmap_mode=mode)
+    emb = np.load(emb_dir / s["emb"], mmap_mode=mode)
+    if emb.shape != (len(rows), manifest["dim"]):
+        raise EmbeddingMismatchError(
+            f"{emb_dir / s['emb']}: shape {emb.shape}, expected ({len(rows)}, {manifest['dim']})"
+        )
+    return rows, emb
+
+
+def iter_blocks(
+    emb_dir: str | Path,
+    blocks: Sequence[Block] | None = None,
+    *,
+    block_rows: int | None = None,
+    mmap: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield `(rows int64 [n], embeddings [n, dim])` per block (default: `plan_blocks(manifest, block_rows)`).
+
+    With `mmap` (the default) each shard is memory-mapped (`np.load(mmap_mode="r")`) and dropped when
+    its last block is done, so memory holds the pages of one shard whatever the corpus size; without
+    it each shard is read whole, one at a time.
+    """
     emb_dir = Path(emb_dir)
     manifest = read_manifest(emb_dir)
-    mode = "r" if mmap else None
-    for s in manifest["shards"]:
-        rows = np.load(emb_dir / s["rows"], mmap_mode=mode)
-        emb = np.load(emb_dir / s["emb"], mmap_mode=mode)
-        if emb.shape != (len(rows), manifest["dim"]):
-            raise EmbeddingMismatchError(
-                f"{emb_dir / s['emb']}: shape {emb.shape}, expected ({len(rows)}, {manifest['dim']})"
-            )
-        yield rows, emb
+    if blocks is None:
+        blocks = plan_blocks(manifest, block_rows)
+    current, arrays = -1, None
+    for block in blocks:
+        if block.shard != current:
+            arrays = None  # unmap the previous shard before mapping the next
+            current, arrays = block.shard, _open_shard(emb_dir, manifest, block.shard, mmap)
+        yield arrays[0][block.start : block.end], arrays[1][block.start : block.end]
+
+
+def load_shards(emb_dir: str | Path, mmap: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield `(rows int64 [n], embeddings [n, dim])` per shard, in manifest order, one shard at a time
+    (memory-mapped by default: see `iter_blocks`)."""
+    return iter_blocks(emb_dir, mmap=mmap)
+
+
+def write_embeddings(
+    out_dir: str | Path,
+    vectors: np.ndarray | Callable[[int, int], np.ndarray],
+    corpus_size: int,
+    *,
+    shard_size: int = 50_000,
+    dtype: str = "float16",
+    model: str | None = None,
+) -> Path:
+    """An embeddings folder (shards + manifest) of vectors computed elsewhere; returns the manifest path.
+
+    `vectors` is an `[corpus_size, dim]` array (a memmap is fine) or a function `(start, end) -> rows`
+    called once per shard, so a corpus larger than memory is written shard by shard. Row `i` is corpus
+    row `i`. Without an encoder the manifest has no settings or probe: `check_encoder_matches` then
+    checks the dimension only.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    take = vectors if callable(vectors) else (lambda a, b: vectors[a:b])
+    dim = None
+    for spec in plan_shards(corpus_size, shard_size, 0, 1):
+        emb = np.asarray(take(spec.start, spec.end))
+        if (
+            emb.ndim != 2
+            or emb.shape[0] != spec.end - spec.start
+            or (dim is not None and emb.shape[1] != dim)
+        ):
+            raise ValueError(f"rows {spec.start}-{spec.end}: got an array of shape {emb.shape}")
+        dim = emb.shape[1]
+        _save_npy(out_dir / spec.rows_file, np.arange(spec.start, spec.end, dtype=np.int64))
+        _save_npy(out_dir / spec.emb_file, emb.astype(dtype, copy=False))
+    run_config = {
+        "format": MANIFEST_FORMAT,
+        "model": model,
+        "settings": {},
+        "dtype": dtype,
+        "dim": dim if dim is not None else 0,
+        "corpus_size": corpus_size,
+        "shard_size": shard_size,
+        "world_size": 1,
+        "probe": [],
+    }
+    path = finalize_manifest(out_dir, run_config)
+    assert path is not None  # every shard was just written
+    return path
 
 
 def check_encoder_matches(

@@ -1,9 +1,9 @@
 """`stage=encode`: embed `data`'s corpus with `model` into resumable `.npy` shards (SimLM's `src/inference/encode_main.py`).
 
 One process encodes on `trainer.accelerator`'s device (CUDA when available and allowed, else CPU).
-For several devices launch one process per device with torchrun
-(`torchrun --nproc_per_node=N run.py stage=encode ...`): each rank encodes a contiguous slice of the
-corpus and rank 0 writes the manifest.
+Several: `trainer.devices=N` (N processes on this machine, `simlm.launch`) or torchrun
+(`torchrun --nproc_per_node=N run.py stage=encode ...`, also across nodes): each rank encodes a
+contiguous slice of the corpus into its own shards and rank 0 writes the manifest.
 
 Resuming: with `stage.out_dir` left at its default (`<run dir>/embeddings`) the shards go to one stable
 folder per model + data, `<stage.store_dir>/<data.name>/<model>-<key>` (`store_dir` defaults to
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import asdict
@@ -30,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from simlm.data.dataset import RetrievalData
+from simlm.launch import launch
 from simlm.models.encoder import TextEncoder, load_encoder
 from simlm.models.hub import check_model_source
 from simlm.models.quantize import quantize
@@ -136,18 +136,14 @@ def _ranges(indices: list[int]) -> str:
 
 
 def run(cfg: DictConfig) -> Metrics:
-    """Encode the corpus into `stage.out_dir`; metrics: passages, seconds and passages/s of this run."""
+    """Encode the corpus into `stage.out_dir`; metrics: passages, seconds and passages/s of this run
+    (on `trainer.devices` processes, each encoding its slice: `simlm.launch`)."""
+    return launch(_encode, cfg)
+
+
+def _encode(cfg: DictConfig) -> Metrics:
     stage = cfg.stage
     runtime = Runtime.from_config(cfg)
-    devices = cfg.trainer.get("devices", 1)
-    if isinstance(devices, int) and devices > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        log.warning(
-            "trainer.devices=%d but stage=encode runs one process per device: launch it with "
-            "torchrun --nproc_per_node=%d to use them all; encoding on %s only",
-            devices,
-            devices,
-            runtime.device,
-        )
     check_model_source(cfg.model.name_or_path)  # before a large corpus is read
     with runtime.process_group():
         data = RetrievalData.from_config(cfg.data)
@@ -197,24 +193,36 @@ def run(cfg: DictConfig) -> Metrics:
             progress=stage.get("progress"),
         )
         seconds = time.perf_counter() - started
-    shards = len(summary.skipped_shards) + len(summary.encoded_shards)
-    if summary.skipped_shards:
+        # every rank's counts: the metrics and the resume line are about the whole run
+        done = runtime.gather((summary.skipped_shards, len(summary.encoded_shards), summary.encoded_passages))
+    if not runtime.is_main:
+        return {}
+    skipped = [indices for indices, _, _ in done]
+    n_skipped = sum(len(indices) for indices in skipped)
+    encoded_shards = sum(n for _, n, _ in done)
+    encoded_passages = sum(p for _, _, p in done)
+    if n_skipped:
+        which = (
+            _ranges(skipped[0])
+            if len(done) == 1
+            else "; ".join(f"rank {r}: {_ranges(indices)}" for r, indices in enumerate(skipped) if indices)
+        )
         log.info(
             "resumed %s: %d of %d shards already encoded and reused (%s), %d encoded now (%d passages)",
             out_dir,
-            len(summary.skipped_shards),
-            shards,
-            _ranges(summary.skipped_shards),
-            len(summary.encoded_shards),
-            summary.encoded_passages,
+            n_skipped,
+            n_skipped + encoded_shards,
+            which,
+            encoded_shards,
+            encoded_passages,
         )
     metrics: Metrics = {
         "encode": {
             "passages": len(corpus),
-            "encoded": summary.encoded_passages,
-            "skipped": len(summary.skipped_shards),
+            "encoded": encoded_passages,
+            "skipped": n_skipped,
             "seconds": round(seconds, 3),
-            "passages_per_s": round(summary.encoded_passages / seconds, 2) if seconds > 0 else 0.0,
+            "passages_per_s": round(encoded_passages / seconds, 2) if seconds > 0 else 0.0,
         }
     }
     log.info("embeddings in %s (manifest: %s)", out_dir, summary.manifest)
