@@ -317,6 +317,7 @@ def test_train_reranker_then_rerank_a_run(compose, tmp_path, small_beir, small_b
             f"stage.depth={depth}",
             f"stage.max_length={MAX_LEN}",
             "stage.batch_size=16",
+            "stage.interpolation=1",  # the re-ranker's score alone, as validation ranks
             output_dir=rerank_out,
         )
     )
