@@ -81,6 +81,8 @@ def test_holdout_is_a_deterministic_slice_the_training_split_loses(small_beir):
 def test_holding_out_every_training_query_or_naming_a_split_without_judgements_fails_clearly(small_beir):
     with pytest.raises(ValueError, match=r"data.val_split='holdout:150' holds out 150 of the 150"):
         _ = holdout_data(small_beir, "holdout:150").holdout_ids
+    with pytest.raises(ValueError, match=r"data.val_split='train' is the training split"):
+        RetrievalData(small_beir, layout="beir", val_split="train")
     data = RetrievalData(small_beir, layout="beir", val_split="nodev")
     assert not data.has_validation
     with pytest.raises(ValueError, match=r"data.val_split='nodev'.*no judgements.*holdout:<n or fraction>"):

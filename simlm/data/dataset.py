@@ -72,6 +72,11 @@ class RetrievalData:
         self.mrr_threshold = mrr_threshold
         self.train_split = train_split
         self.val_spec: ValSplitSpec | None = parse_val_split(val_split)
+        if self.val_spec is not None and self.val_spec.split == train_split:
+            raise ValueError(
+                f"{KEY}={val_split!r} is the training split (data.train_split): validation queries are "
+                f"never trained on; hold some out instead ({KEY}=holdout:<n or fraction>)"
+            )
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.root {self.root} is not a directory")
 

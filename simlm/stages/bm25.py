@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # checked before the stage runs (simlm.stages.params)
 PARAMS = {
     "top_k": POSITIVE_INT,
+    "validation": BOOL,
     "bm25.k1": number(min=0),
     "bm25.b": number(min=0, max=1),
     "bm25.method": one_of("lucene", "robertson", "atire", "bm25l", "bm25+"),
@@ -38,7 +39,7 @@ def run(cfg: DictConfig) -> Metrics:
     retriever = BM25Retriever(**stage.bm25).index(data.corpus)
 
     metrics: Metrics = {}
-    for split in report_splits(data, cfg.data.eval_split):
+    for split in report_splits(data, cfg.data.eval_split, validation=bool(stage.get("validation", True))):
         run_ = retriever.search(data.queries(split), top_k=stage.top_k)
         write_run_files(out_dir, split, run_, tag="bm25")
         scores = evaluate(run_, data, split)
