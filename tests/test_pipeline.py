@@ -175,6 +175,8 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
         assert (work / step / "dev.trec").is_file()
     assert rows["reranker"]["val"] == {} and "ndcg@10" not in rows["reranker"]  # no test metrics: trains only
     # the re-rank step re-ranks Retriever 2's runs, its weight chosen on dev, never below Retriever 2 there
+    reranker = OmegaConf.load(work / "reranker" / "config.yaml")
+    assert reranker.model.name_or_path == str(work / "retriever2" / "model")  # the demo starts it there
     rerank = OmegaConf.load(work / "rerank" / "config.yaml").stage
     assert rerank.run_file == str(work / "retriever2" / "test.trec")
     assert rerank.val_run_file == str(work / "retriever2" / "dev.trec")
