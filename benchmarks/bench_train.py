@@ -94,7 +94,6 @@ def main() -> dict:
             str(train_file),
             batch_size=BATCH,
             train_n_passages=N_PASSAGES,
-            holdout_queries=0,
         )
         dm.setup("fit")
         batches = [b for b, _ in zip(dm.train_dataloader(), range(STEPS + WARMUP))]

@@ -46,7 +46,7 @@ def scifact_path() -> str:
             f"data=scifact: BEIR SciFact (corpus.jsonl, queries.jsonl, qrels/) not found in {looked}. "
             f"Point {SCIFACT_ENV}=<folder> or data.root=<folder> at an unpacked copy, or let simlm "
             "download it (needs the network once; cached in $SIMLM_CACHE/beir/scifact): "
-            "data=beir data.name=scifact data.val_split=null"
+            "data=beir data.name=scifact data.val_split=holdout:100"
         )
     return str(found)
 

@@ -27,7 +27,7 @@ def test_data_scifact_resolves_simlm_scifact(compose, monkeypatch, small_beir):
     assert (cfg.data.layout, cfg.data.name, cfg.data.val_split, cfg.data.eval_split) == (
         "beir",
         "scifact",
-        None,
+        "holdout:100",  # no dev split: a held-out slice of the training queries validates
         "test",
     )
     for name in ("scifact_bm25", "scifact_biencoder", "scifact_pipeline", "scifact_rlm"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from simlm.data.formats import read_run
 from simlm.stages import run_stage
 from simlm.stages.pipeline import config_hash
 from tests.conftest import PROJECT_ROOT
@@ -28,7 +30,8 @@ ALL_STEPS = [
     "teacher_scores",
     "kd_biencoder",
 ]
-TABLE_ROWS = [step for step in ALL_STEPS if step != "teacher_scores"]  # every step that reports metrics
+TABLE_ROWS = ALL_STEPS  # every step has a row (its time), those with metrics their val and test metrics
+RETRIEVAL_ROWS = ["bm25", "zeroshot", "retriever1", "retriever2", "rerank", "kd_biencoder"]
 
 
 def pipeline_overrides(small_beir, tiny_bert, work_dir, steps="[bm25,retriever1,retriever2]", *extra):
@@ -156,12 +159,39 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
         output_dir=tmp_path / "run",
     )
     run_stage(cfg)
-    rows = {r["step"]: r for r in json.loads((work / "results.json").read_text())["rows"]}
+    results = json.loads((work / "results.json").read_text())
+    assert (results["split"], results["val_split"]) == ("test", "dev")
+    rows = {r["step"]: r for r in results["rows"]}
     assert list(rows) == TABLE_ROWS
     assert (work / "teacher_scores" / "kd_train.jsonl").is_file()
     kd = OmegaConf.load(work / "kd_biencoder" / "config.yaml")  # the step ran with the demo budget
     assert kd.model.p_max_len == 64 and kd.stage.train_n_passages == 4
     assert kd.stage.callbacks.retrieval_evaluation.enabled is False
+    # validation next to test on every retrieval row, each the step's own run of the dev split
+    for step in RETRIEVAL_ROWS:
+        metrics = json.loads((work / step / "metrics.json").read_text())
+        assert rows[step]["val"]["ndcg@10"] == pytest.approx(metrics["dev"]["ndcg@10"]), step
+        assert rows[step]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"]), step
+        assert (work / step / "dev.trec").is_file()
+    assert rows["reranker"]["val"] == {} and "ndcg@10" not in rows["reranker"]  # no test metrics: trains only
+    # the re-rank step re-ranks Retriever 2's runs, its weight chosen on dev, never below Retriever 2 there
+    reranker = OmegaConf.load(work / "reranker" / "config.yaml")
+    assert reranker.model.name_or_path == str(work / "retriever2" / "model")  # the demo starts it there
+    rerank = OmegaConf.load(work / "rerank" / "config.yaml").stage
+    assert rerank.run_file == str(work / "retriever2" / "test.trec")
+    assert rerank.val_run_file == str(work / "retriever2" / "dev.trec")
+    chosen = json.loads((work / "rerank" / "metrics.json").read_text())["interpolation"]
+    assert chosen["validation_split"] == "dev" and len(chosen["grid"]) == 11
+    assert (
+        rows["rerank"]["weight"] == chosen["weight"]
+        and f"w = {chosen['weight']:.1f} on dev" in rows["rerank"]["system"]
+    )
+    assert rows["rerank"]["val"]["ndcg@10"] >= rows["retriever2"]["val"]["ndcg@10"]
+    if chosen["weight"] == 0.0:
+        assert read_run(work / "rerank" / "test.trec") == read_run(work / "retriever2" / "test.trec")
+    table = (work / "results.md").read_text()
+    assert table.startswith("| step | dev ndcg@10 | dev mrr@10 | dev recall@100 | test ndcg@10 |")
+    assert not re.search(r"\| \d+\.\d+ \|$", table, re.MULTILINE)  # seconds print whole
 
 
 @pytest.mark.slow
@@ -179,8 +209,39 @@ def test_the_main_job_runs_and_its_dense_stages_beat_zero_shot(tmp_path, cache_d
     env = {**os.environ, "SIMLM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "SimLM pipeline on demo (test)" in res.stdout
+    assert "SimLM pipeline on demo (validation split dev, test split test)" in res.stdout
     rows = {r["step"]: r for r in json.loads((work / "results.json").read_text())["rows"]}
     assert list(rows) == TABLE_ROWS
     for step in ("retriever1", "retriever2", "kd_biencoder"):
         assert rows[step]["ndcg@10"] > rows["zeroshot"]["ndcg@10"], (step, rows)
+    # re-ranking never lowers the run it re-ranks: by construction on validation, and on test
+    for split in ("val", "test"):
+        pick = (lambda r: r["val"]) if split == "val" else (lambda r: r)
+        assert pick(rows["rerank"])["ndcg@10"] >= pick(rows["retriever2"])["ndcg@10"], (split, rows)
+
+
+def test_validation_wiring_and_the_re_ranker_init(compose, tmp_path):
+    """Config only: the zero-shot search covers the validation split, the re-ranker validates on (and
+    stage=rerank chooses its weight with) the negatives step's validation run; `stage.reranker_model`
+    may name an earlier step."""
+    from simlm.stages.pipeline import STEPS, PipelineContext, step_config
+
+    work = tmp_path / "work"
+    cfg = compose(f"stage.work_dir={work}", "data=scifact", "data.root=/nowhere")
+    ctx = PipelineContext(cfg, ALL_STEPS)
+    assert ctx.val_split == "holdout"
+    zeroshot = step_config(cfg, STEPS["zeroshot"], ctx)
+    assert list(zeroshot.stage.split) == ["holdout", "test"]
+    reranker = step_config(cfg, STEPS["reranker"], ctx)
+    assert reranker.stage.datamodule.val_run_file == str(work / "retriever2" / "holdout.trec")
+    assert step_config(cfg, STEPS["rerank"], ctx).stage.val_run_file == str(
+        work / "retriever2" / "holdout.trec"
+    )
+    assert reranker.model.name_or_path == cfg.model.name_or_path  # the default: the pipeline's model
+
+    init = compose(f"stage.work_dir={work}", "stage.reranker_model=retriever2")
+    assert PipelineContext(init, ALL_STEPS).reranker_model == str(work / "retriever2" / "model")
+    with pytest.raises(ValueError, match=r"stage.reranker_model=retriever2 .* not in stage.steps"):
+        _ = PipelineContext(init, ["bm25", "retriever1", "reranker"]).reranker_model
+    none = compose(f"stage.work_dir={work}", "data.val_split=null")
+    assert step_config(none, STEPS["rerank"], PipelineContext(none, ALL_STEPS)).stage.val_run_file is None

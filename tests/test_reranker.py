@@ -254,14 +254,14 @@ def test_datamodule_pairs_and_held_out_validation(compose, small_beir, small_bei
 
     cfg = compose(
         *reranker_overrides(small_beir, tiny_reranker, small_beir_bm25 / "train.jsonl"),
-        "data.val_split=null",
-        "stage.datamodule.holdout_queries=12",
+        "data.val_split=holdout:12",
     )
     dm = instantiate(cfg.stage.datamodule, _convert_="none")
     dm.setup("fit")
-    # no dev qrels: 12 training queries are held out, and BM25 (computed at setup) gives their run
+    # 12 training queries are held out (the train file has examples for them), BM25 gives their run
     held = set(dm.val_queries)
-    assert len(held) == 12 and not held & {ex.query_id for ex in dm.train_dataset.examples}
+    assert len(held) == 12 and held == dm.data.holdout_ids
+    assert not held & {ex.query_id for ex in dm.train_dataset.examples}
     assert set(dm.val_run) <= held and set(dm.val_qrels) == held
     assert all(len(ranking) <= 10 for ranking in dm.val_run.values())
     assert len(dm.val_pairs) == sum(len(r) for r in dm.val_run.values())
@@ -317,6 +317,7 @@ def test_train_reranker_then_rerank_a_run(compose, tmp_path, small_beir, small_b
             f"stage.depth={depth}",
             f"stage.max_length={MAX_LEN}",
             "stage.batch_size=16",
+            "stage.interpolation=1",  # the re-ranker's score alone, as validation ranks
             output_dir=rerank_out,
         )
     )

@@ -71,7 +71,8 @@ class NegativeMining(pl.Callback):
         )
         if not trainer.is_global_zero:
             return
-        examples = dm.train_dataset.examples + dm.holdout_examples
+        # the training queries only: validation queries never get training examples
+        examples = dm.train_dataset.examples
         queries = {ex.query_id: ex.query for ex in examples}
         qrels: Qrels = dm.train_qrels()
         run = dense_retrieve(

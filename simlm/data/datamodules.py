@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -88,10 +87,6 @@ def examples_from_qrels(qrels: Qrels, queries: dict[str, str]) -> list[TrainingE
     return out
 
 
-def _holdout_order(qid: str) -> str:
-    return hashlib.sha256(qid.encode("utf-8")).hexdigest()
-
-
 class CorpusDataModule(pl.LightningDataModule):
     """What every stage's DataModule shares: the data set's corpus and shuffled/ordered loaders.
 
@@ -146,8 +141,9 @@ class BiEncoderDataModule(CorpusDataModule):
     """Training groups from a SimLM examples file; validation queries/qrels for retrieval evaluation.
 
     `train_file`: SimLM jsonl (BM25 negatives from `stage=bm25`, mined ones from `stage=mine`, SimLM's
-    released files); default `<data.root>/<train_split>.jsonl`. Validation uses `data.val_split`; a data
-    set without judgements for it (SciFact has none) holds out `holdout_queries` training queries.
+    released files); default `<data.root>/<train_split>.jsonl`. Validation is `data.val_split`
+    (`simlm.data.validation`: a dev split, or `holdout:<n|fraction>` of the training queries); examples
+    of validation queries are dropped from training, whatever file they come from.
     `fill` completes short negative lists of training groups: "random" corpus passages or "repeat"
     (SimLM's wrapping window, which KD needs: every passage keeps its teacher score).
     """
@@ -164,12 +160,13 @@ class BiEncoderDataModule(CorpusDataModule):
         eval_n_passages: int = 8,
         seed: int = 1234,
         num_workers: int = 0,
-        holdout_queries: int = 100,
         max_train_examples: int | None = None,
         fill: str = "random",
+        holdout_queries: int | None = None,
         train_fold: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
+        check_no_holdout_queries(holdout_queries)
         self.train_fold = FoldSettings.parse(train_fold)
         self.data_cfg = data
         self.model_name_or_path = model_name_or_path
@@ -181,13 +178,11 @@ class BiEncoderDataModule(CorpusDataModule):
         self.eval_n_passages = eval_n_passages
         self.seed = seed
         self.num_workers = num_workers
-        self.holdout_queries = holdout_queries
         self.max_train_examples = max_train_examples
         self.fill = fill
         self.data: RetrievalData | None = None
         self.val_queries: dict[str, str] = {}
         self.val_qrels: Qrels = {}
-        self.holdout_examples: list[TrainingExample] = []
 
     # ------------------------------------------------------------------ setup
     def resolve_train_file(self, data: RetrievalData) -> Path:
@@ -210,29 +205,24 @@ class BiEncoderDataModule(CorpusDataModule):
         corpus = self.data.corpus
         self.tokenizer = load_tokenizer(self.model_name_or_path)
         examples = read_examples(self.resolve_train_file(self.data), doc_ids=corpus)
-        val_split = self.data_cfg.get("val_split")
-        if val_split and self.data.has_qrels(val_split):
-            self.val_qrels = self.data.qrels(val_split)
-            self.val_queries = self.data.queries(val_split)
-        elif self.holdout_queries > 0:
-            held = set(sorted((ex.query_id for ex in examples), key=_holdout_order)[: self.holdout_queries])
-            self.val_queries = {ex.query_id: ex.query for ex in examples if ex.query_id in held}
-            self.val_qrels = {
-                ex.query_id: dict.fromkeys(ex.positives.doc_ids, 1) for ex in examples if ex.query_id in held
-            }
-            self.holdout_examples = [ex for ex in examples if ex.query_id in held]
-            examples = [ex for ex in examples if ex.query_id not in held]
-            log.info(
-                "no qrels for val split %r: holding out %d training queries for validation",
-                val_split,
-                len(held),
-            )
+        validation = self.data.validation
+        if validation is not None:
+            self.val_qrels = validation.qrels or _positives_as_qrels(examples, validation.query_ids)
+            self.val_queries = {q: t for q, t in validation.queries.items() if q in self.val_qrels}
+            kept = [ex for ex in examples if ex.query_id not in validation.query_ids]
+            if len(kept) < len(examples):
+                log.info(
+                    "validation split %r: %d examples of its queries left out of training",
+                    validation.name,
+                    len(examples) - len(kept),
+                )
+            examples = kept
         if self.train_fold is not None:  # cross-fitting: this model never sees the excluded fold's queries
             examples = [ex for ex in examples if self.train_fold.keeps(ex.query_id)]
         if self.max_train_examples:
             examples = examples[: self.max_train_examples]
         if not examples:
-            raise ValueError("no training examples left after holding out validation queries")
+            raise ValueError("no training examples left after leaving out the validation queries")
         self.train_dataset = GroupDataset(examples, corpus, self.train_n_passages, self.seed, self.fill)
         val_examples = examples_from_qrels(self.val_qrels, self.val_queries)
         self.val_dataset = (
@@ -241,10 +231,34 @@ class BiEncoderDataModule(CorpusDataModule):
         self.collator = GroupCollator(self.tokenizer, self.settings)
 
     def train_qrels(self) -> Qrels:
-        """Judgements of the training queries: the split's qrels if the data set has them, else the positives."""
+        """Judgements of the training queries: the split's qrels if the data set has them, else the positives.
+
+        Never those of validation queries (`RetrievalData` cuts a held-out slice from the training split).
+        """
         assert self.data is not None, "call setup() first"
         split = self.data_cfg.get("train_split", "train")
         if split and self.data.has_qrels(split):
             return self.data.qrels(split)
-        examples = self.train_dataset.examples + self.holdout_examples
-        return {ex.query_id: dict.fromkeys(ex.positives.doc_ids, 1) for ex in examples}
+        return _positives_as_qrels(self.train_dataset.examples)
+
+
+def _positives_as_qrels(examples: list[TrainingExample], only: frozenset[str] | None = None) -> Qrels:
+    """Grade-1 judgements from the examples' positives (of the query ids `only`, when given).
+
+    QA data have no qrels: its validation queries are judged by the positives their examples carry.
+    """
+    return {
+        ex.query_id: dict.fromkeys(ex.positives.doc_ids, 1)
+        for ex in examples
+        if only is None or ex.query_id in only
+    }
+
+
+def check_no_holdout_queries(value: int | None) -> None:
+    """`stage.datamodule.holdout_queries` is gone: the validation split is one data setting for every stage."""
+    if value is not None:
+        raise ValueError(
+            f"stage.datamodule.holdout_queries={value!r} was removed: the validation split is "
+            "data.val_split for every stage, e.g. data.val_split=holdout:100 (100 training queries held "
+            "out), data.val_split=holdout:0.1 (a tenth), data.val_split=dev, or null (no validation)"
+        )

@@ -1,8 +1,8 @@
 """Re-ranker data: SimLM groups as (query, passage) pairs for training, a retrieval run to re-rank for validation.
 
-Training groups, the training file, the validation queries/qrels (dev qrels, or held-out training
-queries when the data set has none) all come from `BiEncoderDataModule`; only the tokenisation and the
-validation set differ.
+Training groups, the training file, the validation queries/qrels (`data.val_split`: a dev split or a
+held-out slice of the training queries) all come from `BiEncoderDataModule`; only the tokenisation and
+the validation set differ.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from simlm.data.datamodules import BiEncoderDataModule, _holdout_order
+from simlm.data.datamodules import BiEncoderDataModule
 from simlm.data.formats import Run, read_run, rerank_candidates
 from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
+from simlm.data.validation import holdout_order
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class PairCollator:
 class RerankerDataModule(BiEncoderDataModule):
     """Training groups of 1 positive + (n-1) negatives as cross-encoder pairs; validation re-ranks a run.
 
-    The validation run covers the validation queries (`data.val_split`, or held-out training queries):
+    The validation run covers the validation queries (`data.val_split`: a dev split or held-out training queries):
     `val_run_file` (any TREC/MS MARCO run over them, e.g. from stage=search or stage=bm25), else the
     top-`val_depth` of `val_retriever` (the stage config's BM25: any object with
     `index(corpus).search(queries, top_k)`) computed at setup. Its top `val_depth` candidates per query are scored every
@@ -89,13 +90,13 @@ class RerankerDataModule(BiEncoderDataModule):
         train_n_passages: int = 64,
         seed: int = 987,
         num_workers: int = 0,
-        holdout_queries: int = 100,
         max_train_examples: int | None = None,
         fill: str = "random",
         val_run_file: str | None = None,
         val_depth: int = 100,
         val_max_queries: int | None = None,
         val_retriever: Any | None = None,
+        holdout_queries: int | None = None,
         train_fold: dict[str, int] | None = None,
     ) -> None:
         super().__init__(
@@ -108,9 +109,9 @@ class RerankerDataModule(BiEncoderDataModule):
             train_n_passages=train_n_passages,
             seed=seed,
             num_workers=num_workers,
-            holdout_queries=holdout_queries,
             max_train_examples=max_train_examples,
             fill=fill,
+            holdout_queries=holdout_queries,
             train_fold=train_fold,
         )
         self.max_length = max_length
@@ -127,7 +128,7 @@ class RerankerDataModule(BiEncoderDataModule):
         super().setup(stage)
         self.collator = GroupPairCollator(self.tokenizer, self.max_length)
         if self.val_max_queries and len(self.val_queries) > self.val_max_queries:
-            keep = set(sorted(self.val_queries, key=_holdout_order)[: self.val_max_queries])
+            keep = set(sorted(self.val_queries, key=holdout_order)[: self.val_max_queries])
             self.val_queries = {q: t for q, t in self.val_queries.items() if q in keep}
             self.val_qrels = {q: j for q, j in self.val_qrels.items() if q in keep}
         self.val_run = self._validation_run()

@@ -1,4 +1,5 @@
-"""Cross-encoder scoring and re-ranking: batched pair scoring, rank slicing, SimLM's merge.
+"""Cross-encoder scoring and re-ranking: batched pair scoring, rank slicing, SimLM's merge, and the
+interpolation of the re-ranker's score with the first stage's (`interpolated_rerank`, `select_weight`).
 
 Scores are the model's single raw logit of `[CLS] query [SEP] title: text [SEP]`
 (`simlm.models.cross_encoder`). Scoring is length-sorted inside chunks of `chunk_size` pairs (little
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,3 +194,72 @@ def scores_by_query(pairs: Iterable[tuple[str, str]], scores: Iterable[float]) -
     for (qid, doc_id), score in zip(pairs, scores):
         by_query.setdefault(qid, {})[doc_id] = float(score)
     return by_query
+
+
+# --------------------------------------------------------------------------- interpolation with the first stage
+NORMALIZATIONS = ("zscore", "minmax")
+# the validated interpolation weights of the re-ranker's score: 0 (the first stage alone) to 1 (the re-ranker alone)
+WEIGHTS = tuple(i / 10 for i in range(11))
+
+
+def normalize_scores(values: Sequence[float], how: str = "zscore") -> np.ndarray:
+    """One query's candidate scores on a common scale: `zscore` (mean 0, standard deviation 1) or
+    `minmax` (0 to 1). Equal scores (or a single candidate) carry no order and become all 0."""
+    x = np.asarray(values, dtype=np.float64)
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {how!r}")
+    if x.size == 0:
+        return x
+    spread = x.std() if how == "zscore" else x.max() - x.min()
+    if spread <= 0.0:
+        return np.zeros_like(x)
+    return (x - x.mean()) / spread if how == "zscore" else (x - x.min()) / spread
+
+
+def interpolate_scores(
+    run: Run, scores: dict[str, dict[str, float]], depth: int, weight: float, how: str = "zscore"
+) -> dict[str, dict[str, float]]:
+    """`weight x re-ranker + (1 - weight) x first stage` for each query's scored top-`depth` candidates,
+    both scores normalised per query over those candidates (`normalize_scores`)."""
+    fused: dict[str, dict[str, float]] = {}
+    for qid, ranking in run.items():
+        scored = scores.get(qid, {})
+        head = [(d, s) for d, s in ranking[:depth] if d in scored]
+        if not head:
+            continue
+        first = normalize_scores([s for _, s in head], how)
+        second = normalize_scores([scored[d] for d, _ in head], how)
+        mixed = weight * second + (1.0 - weight) * first
+        fused[qid] = {d: float(v) for (d, _), v in zip(head, mixed)}
+    return fused
+
+
+def interpolated_rerank(
+    run: Run, scores: dict[str, dict[str, float]], depth: int, weight: float, how: str = "zscore"
+) -> Run:
+    """The re-ranked run at interpolation `weight`: 0 returns `run` itself (the first stage, unchanged),
+    1 the re-ranker's order and raw scores (`merge_reranked`), anything between the interpolated scores."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the interpolation weight must be from 0 to 1, got {weight}")
+    if weight == 0.0:
+        return {qid: list(ranking) for qid, ranking in run.items()}
+    if weight == 1.0:
+        return merge_reranked(run, scores, depth)
+    return merge_reranked(run, interpolate_scores(run, scores, depth, weight, how), depth)
+
+
+def select_weight(
+    score_of: Callable[[float], float], weights: Sequence[float] = WEIGHTS, tolerance: float = 1e-9
+) -> tuple[float, dict[float, float]]:
+    """The weight with the best `score_of(weight)` (a validation metric) and every weight's score.
+
+    Weights are tried in ascending order and a later one wins only by more than `tolerance`: ties go to
+    the smaller weight, i.e. towards the first stage, which the re-ranker must beat to move anything.
+    """
+    grid = {float(w): float(score_of(float(w))) for w in sorted(weights)}
+    best = None
+    for w, value in grid.items():
+        if best is None or value > grid[best] + tolerance:
+            best = w
+    assert best is not None, "no weights to choose from"
+    return best, grid

@@ -12,7 +12,7 @@ from simlm.evaluation import evaluate
 from simlm.retrieval.bm25 import BM25Retriever
 from simlm.retrieval.mining import MiningConfig, mine, write_mined
 from simlm.stages import Metrics, format_metrics
-from simlm.stages.common import write_run_files
+from simlm.stages.common import report_splits, write_run_files
 from simlm.stages.params import BOOL, MINING_PARAMS, POSITIVE_INT, integer, number, one_of
 
 log = logging.getLogger(__name__)
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # checked before the stage runs (simlm.stages.params)
 PARAMS = {
     "top_k": POSITIVE_INT,
+    "validation": BOOL,
     "bm25.k1": number(min=0),
     "bm25.b": number(min=0, max=1),
     "bm25.method": one_of("lucene", "robertson", "atire", "bm25l", "bm25+"),
@@ -30,14 +31,15 @@ PARAMS = {
 
 
 def run(cfg: DictConfig) -> Metrics:
-    """Index the corpus, retrieve top-k for `data.eval_split`, and mine `train.jsonl` for `data.train_split`."""
+    """Index the corpus, retrieve top-k for the validation split and `data.eval_split`, and mine
+    `train.jsonl` for `data.train_split` (without its held-out validation queries)."""
     stage = cfg.stage
     out_dir = Path(cfg.paths.output_dir)
     data = RetrievalData.from_config(cfg.data)
     retriever = BM25Retriever(**stage.bm25).index(data.corpus)
 
     metrics: Metrics = {}
-    for split in _splits(cfg.data.eval_split):
+    for split in report_splits(data, cfg.data.eval_split, validation=bool(stage.get("validation", True))):
         run_ = retriever.search(data.queries(split), top_k=stage.top_k)
         write_run_files(out_dir, split, run_, tag="bm25")
         scores = evaluate(run_, data, split)
@@ -55,7 +57,3 @@ def run(cfg: DictConfig) -> Metrics:
         log.info("BM25 negatives: %s", stats)
     print(format_metrics(metrics, title=f"BM25 on {cfg.data.name}"))
     return metrics
-
-
-def _splits(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)

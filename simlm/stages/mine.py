@@ -35,7 +35,9 @@ def run(cfg: DictConfig) -> dict[str, dict[str, int]]:
     mining = MiningConfig(**stage.mining, seed=int(cfg.seed))
     answers = data.answers(split)
     qrels = None if answers is not None else data.qrels(split, check_docs=True)
-    examples, stats = mine(run_, data.queries(split), data.corpus, mining, qrels=qrels, answers=answers)
+    # training examples are never mined for validation queries (data.val_split)
+    queries = {q: t for q, t in data.queries(split).items() if q not in data.validation_ids}
+    examples, stats = mine(run_, queries, data.corpus, mining, qrels=qrels, answers=answers)
     if not examples:
         raise ValueError(f"no example could be mined for split '{split}' from {stage.run_file}: {stats}")
     path = write_mined(Path(cfg.paths.output_dir), split, examples, stats)

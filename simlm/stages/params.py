@@ -25,6 +25,7 @@ __all__ = [
     "TAG",
     "Check",
     "ParamError",
+    "check_data",
     "check_devices",
     "check_params",
     "check_stage_params",
@@ -183,9 +184,25 @@ def check_devices(cfg: Any) -> None:
         check_params(trainer, {"devices": DEVICES}, prefix="trainer")
 
 
+def check_data(cfg: Any) -> None:
+    """`data.val_split` (every stage reads the validation protocol: `simlm.data.validation`)."""
+    from simlm.data.validation import parse_val_split
+
+    data = cfg.get("data") if isinstance(cfg, (DictConfig, Mapping)) else None
+    value = _lookup(data, "val_split") if data is not None else _MISSING
+    if value is _MISSING:
+        return
+    try:
+        parse_val_split(_plain(value))
+    except ValueError as e:
+        raise ParamError(str(e), key="data.val_split") from None
+
+
 def check_stage_params(cfg: DictConfig) -> None:
-    """Check `trainer.devices` and the `PARAMS` the module of `cfg.stage.entry` declares, before it runs."""
+    """Check `trainer.devices`, `data.val_split` and the `PARAMS` the module of `cfg.stage.entry`
+    declares, before it runs."""
     check_devices(cfg)
+    check_data(cfg)
     module_name = str(cfg.stage.entry).rpartition(".")[0]
     schema = getattr(importlib.import_module(module_name), "PARAMS", None)
     if schema:

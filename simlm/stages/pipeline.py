@@ -23,8 +23,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from simlm.data.io import write_json
-from simlm.stages import Metrics, format_metrics
+from simlm.data.io import atomic_write, write_json
+from simlm.data.validation import parse_val_split
+from simlm.stages import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,17 @@ class PipelineContext:
 
     @property
     def reranker_model(self) -> str:
-        return str(self.cfg.stage.reranker_model or self.cfg.model.name_or_path)
+        """`stage.reranker_model`: a folder or hub id, or the name of an earlier step whose model starts
+        the cross-encoder (e.g. `retriever2`); default `model.name_or_path`."""
+        value = self.cfg.stage.get("reranker_model")
+        if value in RERANKER_INIT_STEPS:
+            if value not in self.steps:
+                raise ValueError(
+                    f"stage.reranker_model={value} starts the re-ranker from that step's model, but it is "
+                    f"not in stage.steps={self.steps}"
+                )
+            return str(self.out(value) / "model")
+        return str(value or self.cfg.model.name_or_path)
 
     @property
     def negatives_step(self) -> str:
@@ -72,6 +83,30 @@ class PipelineContext:
     def eval_split(self) -> str:
         split = self.cfg.data.eval_split
         return split if isinstance(split, str) else list(split)[0]
+
+    @property
+    def val_split(self) -> str | None:
+        """The validation split's name (`dev`, `holdout`; `data.val_split`), None without validation."""
+        spec = parse_val_split(self.cfg.data.get("val_split"))
+        return None if spec is None else spec.name
+
+
+def _val_run_override(ctx: PipelineContext, key: str) -> list[str]:
+    """`key=<negatives step>/<val split>.trec`: the validation run of the run that gets re-ranked."""
+    if ctx.val_split is None:
+        return []
+    return [f"{key}={ctx.out(ctx.negatives_step) / (ctx.val_split + '.trec')}"]
+
+
+def _search_splits(ctx: PipelineContext) -> list[str]:
+    """The zero-shot search covers the validation split too (one pass over the corpus)."""
+    if ctx.val_split is None or ctx.val_split == ctx.eval_split:
+        return []
+    return [f"stage.split=[{ctx.val_split},{ctx.eval_split}]"]
+
+
+# steps before the re-ranker whose model may start it (stage.reranker_model=<step>)
+RERANKER_INIT_STEPS = ("rlm", "retriever1", "retriever2")
 
 
 def _mined(ctx: PipelineContext) -> Path:
@@ -84,7 +119,10 @@ STEPS: dict[str, Step] = {
         Step("rlm", "rlm", lambda ctx: [], "RLM pre-training"),
         Step("bm25", "bm25", lambda ctx: [], "BM25"),
         Step(
-            "zeroshot", "search", lambda ctx: [f"model.name_or_path={ctx.init_model}"], "zero-shot init model"
+            "zeroshot",
+            "search",
+            lambda ctx: [f"model.name_or_path={ctx.init_model}", *_search_splits(ctx)],
+            "zero-shot init model",
         ),
         Step(
             "retriever1",
@@ -112,8 +150,9 @@ STEPS: dict[str, Step] = {
             lambda ctx: [
                 f"model.name_or_path={ctx.reranker_model}",
                 f"stage.datamodule.train_file={_mined(ctx)}",
+                *_val_run_override(ctx, "stage.datamodule.val_run_file"),
             ],
-            "cross-encoder re-ranker (val)",
+            "cross-encoder re-ranker (training; val: its score alone, w = 1)",
         ),
         Step(
             "rerank",
@@ -121,6 +160,7 @@ STEPS: dict[str, Step] = {
             lambda ctx: [
                 f"model.name_or_path={ctx.out('reranker') / 'model'}",
                 f"stage.run_file={ctx.out(ctx.negatives_step) / (ctx.eval_split + '.trec')}",
+                *_val_run_override(ctx, "stage.val_run_file"),
             ],
             "re-ranked retriever run",
         ),
@@ -298,56 +338,90 @@ def run(cfg: DictConfig) -> Metrics:
             write_json(step_dir / MARKER, {"hash": digest, "stage": step.stage, "seconds": timings[name]})
         previous = digest
     results = collect_results(ctx, order, timings)
-    write_results(ctx.work_dir, results, ctx.eval_split)
+    write_results(ctx.work_dir, results, ctx.eval_split, ctx.val_split)
     out_dir = Path(cfg.paths.output_dir)
     if out_dir.resolve() != ctx.work_dir.resolve():
-        write_results(out_dir, results, ctx.eval_split)
-    table = {row["system"]: {k: v for k, v in row.items() if k not in ("system", "step")} for row in results}
+        write_results(out_dir, results, ctx.eval_split, ctx.val_split)
     print(
-        format_metrics(table, title=f"SimLM pipeline on {cfg.data.name} ({ctx.eval_split}) - {ctx.work_dir}")
+        f"SimLM pipeline on {cfg.data.name} ({_splits_title(ctx.eval_split, ctx.val_split)}) - {ctx.work_dir}"
     )
-    return {
+    print(results_table(results, ctx.eval_split, ctx.val_split))
+    metrics: Metrics = {
         ctx.eval_split: {f"{r['step']}/{k}": v for r in results for k, v in r.items() if isinstance(v, float)}
     }
+    if ctx.val_split is not None:
+        metrics[ctx.val_split] = {f"{r['step']}/{k}": v for r in results for k, v in r["val"].items()}
+    return metrics
 
 
 RESULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "acc@20", "acc@100")
 
 
+def _splits_title(split: str, val_split: str | None) -> str:
+    return split if val_split is None else f"validation split {val_split}, test split {split}"
+
+
 def collect_results(
     ctx: PipelineContext, order: list[str], timings: dict[str, float]
 ) -> list[dict[str, Any]]:
-    """One row per step that reports metrics on the eval split (validation metrics for the re-ranker)."""
+    """One row per step: its metrics on the eval split (flat keys) and on the validation split (`val`).
+
+    A training step's validation metrics are its final retrieval of the validation split; the
+    re-ranker's training step has no retrieval of its own, so its row holds its validation re-ranking
+    (`val` block of its metrics) and no eval-split metrics. Steps without metrics (teacher scores) keep
+    their row for the time they took.
+    """
     rows = []
     for name in order:
         path = ctx.out(name) / "metrics.json"
-        if not path.is_file():
-            continue
-        metrics = json.loads(path.read_text())
-        block = metrics.get(ctx.eval_split) or (metrics.get("val") if name == "reranker" else None)
-        if not block:
-            continue
-        row: dict[str, Any] = {"system": STEPS[name].label, "step": name}
-        row.update({k: float(block[k]) for k in RESULT_METRICS if k in block})
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        test = metrics.get(ctx.eval_split) or {}
+        val = (metrics.get(ctx.val_split) if ctx.val_split else None) or {}
+        if not val and name == "reranker":
+            val = metrics.get("val") or {}
+        row: dict[str, Any] = {"system": _label(name, metrics, ctx), "step": name}
+        row.update({k: float(test[k]) for k in RESULT_METRICS if k in test})
+        row["val"] = {k: float(val[k]) for k in RESULT_METRICS if k in val}
+        if "weight" in (metrics.get("interpolation") or {}):
+            row["weight"] = float(metrics["interpolation"]["weight"])
         row["seconds"] = round(float(timings.get(name, 0.0)), 1)
         rows.append(row)
     return rows
 
 
-def write_results(out_dir: Path, rows: list[dict[str, Any]], split: str) -> None:
+def _label(name: str, metrics: dict[str, Any], ctx: PipelineContext) -> str:
+    """The row label; the re-rank row says the interpolation weight and where it was chosen."""
+    label = STEPS[name].label
+    block = metrics.get("interpolation") or {}
+    if "weight" in block:
+        where = f"on {block['validation_split']}" if block.get("validation_split") else "fixed"
+        label += f" (w = {float(block['weight']):.1f} {where})"
+    return label
+
+
+def results_table(rows: list[dict[str, Any]], split: str, val_split: str | None) -> str:
+    """Markdown table: the validation split's metrics next to the eval split's, 4 decimals, whole seconds."""
+    test_metrics = [m for m in RESULT_METRICS if any(m in r for r in rows)]
+    val_metrics = [m for m in RESULT_METRICS if any(m in r["val"] for r in rows)] if val_split else []
+    header = [f"{val_split} {m}" for m in val_metrics] + [f"{split} {m}" for m in test_metrics]
+    lines = ["| step | " + " | ".join(header) + " | seconds |", "|---|" + "---|" * (len(header) + 1)]
+    for r in rows:
+        cells = [f"{r['val'][m]:.4f}" if m in r["val"] else "" for m in val_metrics]
+        cells += [f"{r[m]:.4f}" if m in r else "" for m in test_metrics]
+        lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def write_results(
+    out_dir: Path, rows: list[dict[str, Any]], split: str, val_split: str | None = None
+) -> None:
     """`results.json`, `results.md` (markdown table) and `results.png` (grouped bars) in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "results.json", {"split": split, "rows": rows})
+    write_json(out_dir / "results.json", {"split": split, "val_split": val_split, "rows": rows})
+    with atomic_write(out_dir / "results.md") as f:
+        f.write(results_table(rows, split, val_split) + "\n")
     metrics = [m for m in RESULT_METRICS if any(m in r for r in rows)]
-    lines = [
-        f"| system ({split}) | " + " | ".join(metrics) + " | seconds |",
-        "|---|" + "---|" * (len(metrics) + 1),
-    ]
-    for r in rows:
-        cells = [f"{r[m]:.4f}" if m in r else "" for m in metrics]
-        lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-    _plot(out_dir / "results.png", rows, metrics, split)
+    _plot(out_dir / "results.png", [r for r in rows if any(m in r for m in metrics)], metrics, split)
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], metrics: list[str], split: str) -> None:

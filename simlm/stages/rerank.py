@@ -1,8 +1,14 @@
 """`stage=rerank`: re-rank the top `depth` candidates of a run with a cross-encoder (SimLM's `src/inference/rerank_main.py`).
 
-Each query's top `depth` candidates are ordered by the re-ranker's logit; the rest of the run stays
-below them in its original order. Writes `<split>.trec` and `<split>.msmarco.txt` and returns the
-metrics of the re-ranked run (and of the input run, as `<split>_input`) for splits with qrels.
+Each query's top `depth` candidates are ordered by `w x re-ranker + (1 - w) x first stage`, both scores
+normalised per query (`stage.normalize`: z-score by default); the rest of the run stays below them in
+its original order. `stage.interpolation=validate` (the default) chooses w in 0, 0.1, ..., 1 on the
+validation split (`data.val_split`), re-ranking `stage.val_run_file` (the same first stage's run of
+the validation queries) and maximising `stage.interpolation_metric`, ties going to the smaller w: a
+re-ranker that does not beat the first stage on validation gets w = 0 and leaves the run as it is. A
+number fixes w (1: the re-ranker's score alone, SimLM's re-ranking). Writes `<split>.trec` and
+`<split>.msmarco.txt` (and the validation split's), and returns the metrics of the re-ranked runs and
+of the input runs (`<split>_input`), and the weight with its validation grid (`interpolation`).
 Several devices: `torchrun --nproc_per_node=N run.py stage=rerank ...`; each rank scores a contiguous
 slice of the pairs, rank 0 merges and writes.
 """
@@ -11,30 +17,48 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
-from simlm.data.formats import read_run, rerank_candidates
+from simlm.data.formats import Run, read_run, rerank_candidates
 from simlm.evaluation import evaluate
 from simlm.models.hub import check_model_source
-from simlm.retrieval.rerank import load_and_score, merge_reranked, scores_by_query
+from simlm.retrieval.rerank import (
+    NORMALIZATIONS,
+    WEIGHTS,
+    interpolated_rerank,
+    load_and_score,
+    scores_by_query,
+    select_weight,
+)
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.common import write_run_files
-from simlm.stages.params import NON_EMPTY_TEXT, PATH, POSITIVE_INT, TAG
+from simlm.stages.params import NON_EMPTY_TEXT, PATH, POSITIVE_INT, TAG, Check, one_of, optional
 
 log = logging.getLogger(__name__)
+
+VALIDATE = "validate"
+INTERPOLATION = Check(
+    f"'{VALIDATE}' or a number from 0 to 1",
+    lambda v: v == VALIDATE or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
+)
 
 # checked before the stage runs (simlm.stages.params)
 PARAMS = {
     "model": NON_EMPTY_TEXT,
     "run_file": PATH,
+    "val_run_file": optional(PATH),
     "split": NON_EMPTY_TEXT,
     "depth": POSITIVE_INT,
     "max_length": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
     "tag": TAG,
+    "interpolation": INTERPOLATION,
+    "normalize": one_of(*NORMALIZATIONS),
+    "interpolation_metric": NON_EMPTY_TEXT,
 }
 
 
@@ -50,24 +74,60 @@ def run(cfg: DictConfig) -> Metrics:
         return runtime.broadcast(_rerank(cfg, runtime))
 
 
-def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
-    stage = cfg.stage
-    split, depth = str(stage.split), int(stage.depth)
-    check_model_source(stage.model, "stage.model")  # before a large corpus is read
-    data = RetrievalData.from_config(cfg.data)
+def _read_split_run(path: str, data: RetrievalData, split: str, key: str) -> tuple[Run, dict[str, str]]:
+    """The run at `path` and the queries of `split`; every query it ranks must be one of them."""
     queries = data.queries(split)
-    run_in = read_run(stage.run_file)
+    run_in = read_run(path)
     unknown = [q for q in run_in if q not in queries]
     if unknown:
         raise ValueError(
-            f"{stage.run_file} ranks {len(unknown)} queries that split '{split}' does not have "
-            f"(e.g. {unknown[0]!r}): pass the run of stage.split"
+            f"{path} ranks {len(unknown)} queries that split '{split}' does not have "
+            f"(e.g. {unknown[0]!r}): pass the run of split '{split}' as {key}"
         )
+    return run_in, queries
+
+
+def _validation_inputs(cfg: DictConfig, data: RetrievalData) -> tuple[str, Run, dict[str, str]]:
+    """The validation split's name, its first-stage run (`stage.val_run_file`) and its queries."""
+    stage = cfg.stage
+    fix = "or fix the weight: stage.interpolation=<0 to 1> (1: the re-ranker's score alone)"
+    if data.val_split is None:
+        raise ValueError(
+            f"stage.interpolation={VALIDATE} chooses the weight on the validation split, but data.val_split "
+            f"is null: set data.val_split (a dev split, or holdout:<n or fraction>), {fix}"
+        )
+    if not stage.get("val_run_file"):
+        raise ValueError(
+            f"stage.interpolation={VALIDATE} needs stage.val_run_file=<the same first stage's run of the "
+            f"validation split '{data.val_split}'> (stage=search/bm25 and the training stages write "
+            f"{data.val_split}.trec), {fix}"
+        )
+    if data.val_split == str(stage.split):
+        log.warning(
+            "the validation split is the evaluated split (%s): the weight is chosen on the queries it is "
+            "reported on",
+            data.val_split,
+        )
+    run_val, queries = _read_split_run(str(stage.val_run_file), data, data.val_split, "stage.val_run_file")
+    return data.val_split, run_val, queries
+
+
+def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
+    stage = cfg.stage
+    split, depth = str(stage.split), int(stage.depth)
+    mode = stage.get("interpolation", VALIDATE)
+    how = str(stage.get("normalize", "zscore"))
+    check_model_source(stage.model, "stage.model")  # before a large corpus is read
+    data = RetrievalData.from_config(cfg.data)
+    run_in, queries = _read_split_run(str(stage.run_file), data, split, "stage.run_file")
+    val_split, run_val, val_queries = _validation_inputs(cfg, data) if mode == VALIDATE else (None, {}, {})
     candidates = rerank_candidates(run_in, depth)
+    val_candidates = rerank_candidates(run_val, depth)
+    pairs = [(queries[q], d) for q, d in candidates] + [(val_queries[q], d) for q, d in val_candidates]
     scores, seconds = load_and_score(
         str(stage.model),
         data.corpus,
-        [(queries[qid], doc_id) for qid, doc_id in candidates],
+        pairs,
         runtime,
         max_length=int(stage.max_length),
         batch_size=int(stage.batch_size),
@@ -75,17 +135,79 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     )
     if not runtime.is_main:
         return {}
-    reranked = merge_reranked(run_in, scores_by_query(candidates, scores.tolist()), depth)
-    write_run_files(Path(cfg.paths.output_dir), split, reranked, tag=str(stage.get("tag", "rerank")))
+    scores = scores.tolist()
+    by_query = scores_by_query(candidates, scores[: len(candidates)])
+    out_dir, tag = Path(cfg.paths.output_dir), str(stage.get("tag", "rerank"))
     metrics: Metrics = {}
+    if val_split is not None:
+        val_by_query = scores_by_query(val_candidates, scores[len(candidates) :])
+        weight, grid = _choose_weight(cfg, data, val_split, run_val, val_by_query)
+        reranked_val = interpolated_rerank(run_val, val_by_query, depth, weight, how)
+        write_run_files(out_dir, val_split, reranked_val, tag=tag)
+        metrics[val_split] = evaluate(reranked_val, data, val_split) or {}
+        metrics[f"{val_split}_input"] = evaluate(run_val, data, val_split) or {}
+    else:
+        weight, grid = float(mode), {}
+    reranked = interpolated_rerank(run_in, by_query, depth, weight, how)
+    write_run_files(out_dir, split, reranked, tag=tag)
     after = evaluate(reranked, data, split)
     if after is not None:
         metrics[split] = after
         metrics[f"{split}_input"] = evaluate(run_in, data, split) or {}
+    metrics["interpolation"] = _interpolation_block(cfg, weight, grid, val_split)
     metrics["rerank"] = {
-        "pairs": len(candidates),
+        "pairs": len(pairs),
         "seconds": round(seconds, 3),
-        "pairs_per_s": round(len(candidates) / seconds, 1) if seconds > 0 else 0.0,
+        "pairs_per_s": round(len(pairs) / seconds, 1) if seconds > 0 else 0.0,
     }
-    print(format_metrics(metrics, title=f"re-rank top {depth} of {stage.run_file} with {stage.model}"))
+    shown = {k: v for k, v in metrics.items() if k != "interpolation"}
+    print(format_metrics(shown, title=f"re-rank top {depth} of {stage.run_file} with {stage.model}"))
+    print(_describe(metrics["interpolation"]))
     return metrics
+
+
+def _choose_weight(
+    cfg: DictConfig, data: RetrievalData, split: str, run_val: Run, scores: dict[str, dict[str, float]]
+) -> tuple[float, dict[float, float]]:
+    """The weight maximising `stage.interpolation_metric` on the validation run (ties: the smaller)."""
+    stage = cfg.stage
+    metric = str(stage.get("interpolation_metric", "ndcg@10"))
+    depth, how = int(stage.depth), str(stage.get("normalize", "zscore"))
+
+    def score_of(weight: float) -> float:
+        got = evaluate(interpolated_rerank(run_val, scores, depth, weight, how), data, split) or {}
+        if metric not in got:
+            raise ValueError(
+                f"stage.interpolation_metric={metric!r} is not a metric of split '{split}' "
+                f"(it has {sorted(k for k in got if k != 'mrr_threshold')})"
+            )
+        return float(got[metric])
+
+    weight, grid = select_weight(score_of, WEIGHTS)
+    log.info("interpolation weight %.1f chosen on %s (%s by weight: %s)", weight, split, metric, grid)
+    return weight, grid
+
+
+def _interpolation_block(
+    cfg: DictConfig, weight: float, grid: dict[float, float], val_split: str | None
+) -> dict[str, Any]:
+    stage = cfg.stage
+    block: dict[str, Any] = {
+        "weight": weight,
+        "chosen_by": f"validation ({val_split})" if val_split else "stage.interpolation",
+        "normalize": str(stage.get("normalize", "zscore")),
+    }
+    if grid:
+        block["metric"] = str(stage.get("interpolation_metric", "ndcg@10"))
+        block["validation_split"] = val_split
+        block["grid"] = {f"{w:.1f}": round(v, 6) for w, v in grid.items()}
+    return block
+
+
+def _describe(block: dict[str, Any]) -> str:
+    """One line: the weight, how it was chosen and the validation grid."""
+    text = f"interpolation weight w = {block['weight']:.1f} of the re-ranker's score, chosen by {block['chosen_by']}"
+    if "grid" in block:
+        cells = "  ".join(f"{w}: {v:.4f}" for w, v in block["grid"].items())
+        text += f"; {block['metric']} by w: {cells}"
+    return text

@@ -1,7 +1,8 @@
 """`stage=teacher_scores`: re-ranker logits for a training-examples file, SimLM's KD teacher.
 
 Every positive and the first `num_negatives` negatives (all by default) of each example are scored
-with the re-ranker; the output `kd_<split>.jsonl` has the same schema, the negatives cut to the scored
+with the re-ranker (examples of validation queries, `data.val_split`, are left out: they are training
+data for the distilled retriever); the output `kd_<split>.jsonl` has the same schema, the negatives cut to the scored
 ones and every score replaced by the raw logit (5 decimals, as SimLM). Several devices: torchrun, each
 rank scores a contiguous slice of the pairs and rank 0 writes.
 
@@ -129,6 +130,11 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             f"no {stage.split}.jsonl in {data.root}: pass stage.examples_file=<training examples jsonl>"
         )
     examples = read_examples(path, doc_ids=corpus)
+    validation = data.validation_ids
+    kept = [ex for ex in examples if ex.query_id not in validation]
+    if len(kept) < len(examples):
+        log.info("%d examples of validation queries left out (data.val_split)", len(examples) - len(kept))
+    examples = kept
     if stage.get("max_examples"):  # small budgets (the demo pipeline): score the first N examples only
         examples = examples[: int(stage.max_examples)]
     n_neg = None if stage.get("num_negatives") is None else int(stage.num_negatives)

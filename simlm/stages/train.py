@@ -1,5 +1,5 @@
 """The one training stage: instantiate `stage.module` + `stage.datamodule`, callbacks, loggers, Trainer; fit;
-save the best model as a Hugging Face folder; evaluate it on `data.eval_split`.
+save the best model as a Hugging Face folder; evaluate it on the validation split and `data.eval_split`.
 
 rlm, biencoder, kd_biencoder and train_reranker differ only in their `conf/stage/<name>.yaml`.
 """
@@ -93,21 +93,32 @@ def evaluate_model(
     embeddings_dir: Path | None = None,
     precision: str | None = None,
 ) -> Metrics:
-    """Retrieve for `data.eval_split` with the trained encoder; write its run files; return its metrics.
+    """Retrieve for the validation split (`final_eval.validation`, default true) and `data.eval_split`
+    with the trained encoder; write their run files; return their metrics.
 
-    `embeddings_dir`: the corpus already encoded by this model (the mining callback's shards): reused.
+    The corpus is encoded once for all splits; `embeddings_dir`: the corpus already encoded by this model
+    (the mining callback's shards), reused instead.
     `precision`: the encoding's (the trainer's, so evaluation runs on the path training took).
     """
     from simlm.evaluation import evaluate
-    from simlm.retrieval.dense import dense_retrieve
+    from simlm.retrieval.dense import dense_retrieve, encode_passages
     from simlm.retrieval.store import load_shards
-    from simlm.stages.common import write_run_files
+    from simlm.stages.common import report_splits, write_run_files
 
     final = cfg.stage.final_eval
     data = datamodule.data
+    if embeddings_dir is not None:
+        shards = list(load_shards(embeddings_dir))
+    else:
+        shards = encode_passages(
+            module.encoder,
+            datamodule.tokenizer,
+            data.corpus,
+            batch_size=final.batch_size,
+            precision=precision,
+        )
     metrics: Metrics = {}
-    splits = [cfg.data.eval_split] if isinstance(cfg.data.eval_split, str) else list(cfg.data.eval_split)
-    for split in splits:
+    for split in report_splits(data, cfg.data.eval_split, validation=bool(final.get("validation", True))):
         run_ = dense_retrieve(
             module.encoder,
             datamodule.tokenizer,
@@ -116,7 +127,7 @@ def evaluate_model(
             final.top_k,
             batch_size=final.batch_size,
             precision=precision,
-            shards=load_shards(embeddings_dir) if embeddings_dir else None,
+            shards=shards,
         )
         write_run_files(out_dir, split, run_, tag=cfg.stage.name)
         scores = evaluate(run_, data, split)

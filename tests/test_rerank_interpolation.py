@@ -1,0 +1,199 @@
+"""Re-ranking that never hurts: the final score interpolates the re-ranker's and the first stage's,
+with the weight chosen on validation (0 allowed); a re-ranker worse than the first stage gets weight 0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from simlm.data.dataset import RetrievalData
+from simlm.data.formats import read_run
+from simlm.retrieval.rerank import (
+    WEIGHTS,
+    interpolated_rerank,
+    merge_reranked,
+    normalize_scores,
+    select_weight,
+)
+from simlm.stages import run_stage
+from simlm.stages.params import ParamError
+
+# ------------------------------------------------------------------------------------ pure functions
+
+
+def test_normalize_scores_zscore_and_minmax():
+    z = normalize_scores([1.0, 2.0, 3.0], "zscore")
+    assert z == pytest.approx([-(1.5**0.5), 0.0, 1.5**0.5])  # mean 0, population sd 1
+    assert normalize_scores([1.0, 2.0, 5.0], "minmax") == pytest.approx([0.0, 0.25, 1.0])
+    for how in ("zscore", "minmax"):
+        assert normalize_scores([4.0, 4.0], how).tolist() == [0.0, 0.0]  # no order: no say
+        assert normalize_scores([], how).size == 0
+    with pytest.raises(ValueError, match="normalization"):
+        normalize_scores([1.0], "rank")
+
+
+RUN = {
+    "q1": [("a", 3.0), ("b", 2.0), ("c", 1.0), ("d", 0.5)],
+    "q2": [("x", 1.0), ("y", 0.0)],
+}
+CE = {"q1": {"a": 0.0, "b": 10.0, "c": 5.0}, "q2": {"x": -1.0, "y": 1.0}}
+
+
+def brute_force(run, ce, depth, w):
+    """Each query's top `depth` by w * z(ce) + (1 - w) * z(first stage), ties by doc id; then the rest."""
+    out = {}
+    for qid, ranking in run.items():
+        head = ranking[:depth]
+        first = np.array([s for _, s in head])
+        second = np.array([ce[qid][d] for d, _ in head])
+        fused = w * (second - second.mean()) / second.std() + (1 - w) * (first - first.mean()) / first.std()
+        order = sorted(range(len(head)), key=lambda i: (-fused[i], head[i][0]))
+        out[qid] = [head[i][0] for i in order] + [d for d, _ in ranking[depth:]]
+    return out
+
+
+@pytest.mark.parametrize("w", [0.1, 0.5, 0.9])
+def test_interpolated_order_is_the_weighted_sum_of_normalised_scores(w):
+    got = interpolated_rerank(RUN, CE, depth=3, weight=w)
+    assert {q: [d for d, _ in r] for q, r in got.items()} == brute_force(RUN, CE, 3, w)
+    scores = [s for _, s in got["q1"]]
+    assert scores == sorted(scores, reverse=True)  # the written scores sort into the written order
+
+
+def test_weight_0_is_the_first_stage_and_weight_1_the_re_ranker_alone():
+    assert interpolated_rerank(RUN, CE, depth=3, weight=0.0) == RUN  # unchanged, scores included
+    assert interpolated_rerank(RUN, CE, depth=3, weight=1.0) == merge_reranked(RUN, CE, 3)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        interpolated_rerank(RUN, CE, depth=3, weight=1.5)
+
+
+def test_select_weight_maximises_and_breaks_ties_towards_the_first_stage():
+    assert [round(w, 1) for w in WEIGHTS] == [i / 10 for i in range(11)]
+    weight, grid = select_weight(lambda w: 0.5)
+    assert weight == 0.0 and list(grid) == list(WEIGHTS)  # no gain anywhere: the first stage
+    assert select_weight(lambda w: -((w - 0.3) ** 2))[0] == pytest.approx(0.3)
+    assert select_weight(lambda w: 1.0 if w in (0.2, 0.6) else 0.0)[0] == 0.2
+    assert select_weight(lambda w: 0.4 + 1e-12 * w)[0] == 0.0  # float noise is a tie
+    assert select_weight(lambda w: 0.4 - w)[0] == 0.0
+
+
+# ------------------------------------------------------------------------------------ stage=rerank
+
+
+def fake_scorer(small_beir, sign: float):
+    """A stand-in for the cross-encoder: +sign for judged relevant (query, passage) pairs, 0 otherwise.
+
+    sign=+1 is an oracle, sign=-1 a re-ranker that pushes every relevant passage to the bottom.
+    """
+    data = RetrievalData(small_beir, layout="beir")
+    relevant: dict[str, set[str]] = {}
+    for split in ("dev", "test"):
+        for qid, judged in data.qrels(split).items():
+            text = data.queries(split)[qid]
+            relevant.setdefault(text, set()).update(d for d, g in judged.items() if g >= 1)
+    calls = []
+
+    def load_and_score(model, corpus, pairs, runtime, **kwargs):
+        calls.append(len(pairs))
+        return np.array([sign * (d in relevant.get(q, ())) for q, d in pairs], dtype=np.float32), 0.1
+
+    return load_and_score, calls
+
+
+def rerank_overrides(small_beir, small_beir_bm25, tiny_bert, *extra):
+    return (
+        "stage=rerank",
+        "data=beir",
+        f"data.root={small_beir}",
+        f"stage.model={tiny_bert}",
+        f"stage.run_file={small_beir_bm25 / 'test.trec'}",
+        f"stage.val_run_file={small_beir_bm25 / 'dev.trec'}",
+        "stage.depth=20",
+        *extra,
+    )
+
+
+def test_a_re_ranker_worse_than_the_first_stage_gets_weight_0_and_changes_nothing(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    scorer, calls = fake_scorer(small_beir, sign=-1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    out = tmp_path / "rerank"
+    run_stage(compose(*rerank_overrides(small_beir, small_beir_bm25, tiny_bert), output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    block = metrics["interpolation"]
+    assert block["weight"] == 0.0 and block["validation_split"] == "dev" and block["metric"] == "ndcg@10"
+    grid = block["grid"]
+    assert list(grid) == [f"{w:.1f}" for w in WEIGHTS]
+    assert all(v < grid["0.0"] for w, v in grid.items() if w != "0.0")  # every weight > 0 hurts
+    assert len(calls) == 1  # one model load scores the test and the validation pairs
+    # the re-ranked runs are the first stage's, on both splits
+    assert read_run(out / "test.trec") == read_run(small_beir_bm25 / "test.trec")
+    assert read_run(out / "dev.trec") == read_run(small_beir_bm25 / "dev.trec")
+    assert metrics["test"]["ndcg@10"] == pytest.approx(metrics["test_input"]["ndcg@10"])
+    assert metrics["dev"]["ndcg@10"] == pytest.approx(grid["0.0"], abs=1e-6)
+    # the same re-ranker alone, as before this release (stage.interpolation=1), lowers the run
+    fixed = tmp_path / "fixed"
+    run_stage(
+        compose(
+            *rerank_overrides(small_beir, small_beir_bm25, tiny_bert, "stage.interpolation=1"),
+            output_dir=fixed,
+        )
+    )
+    alone = json.loads((fixed / "metrics.json").read_text())
+    assert alone["test"]["ndcg@10"] < alone["test_input"]["ndcg@10"]
+    assert alone["interpolation"] == {
+        "weight": 1.0,
+        "chosen_by": "stage.interpolation",
+        "normalize": "zscore",
+    }
+    assert "dev" not in alone  # a fixed weight needs no validation run
+
+
+def test_a_re_ranker_better_than_the_first_stage_gets_a_weight_that_helps(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    scorer, _ = fake_scorer(small_beir, sign=1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    out = tmp_path / "rerank"
+    run_stage(
+        compose(
+            *rerank_overrides(small_beir, small_beir_bm25, tiny_bert, "stage.normalize=minmax"),
+            output_dir=out,
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    weight, grid = metrics["interpolation"]["weight"], metrics["interpolation"]["grid"]
+    assert weight > 0.0 and grid[f"{weight:.1f}"] == max(grid.values())
+    assert all(v < grid[f"{weight:.1f}"] for w, v in grid.items() if float(w) < weight)  # the smallest best
+    assert metrics["dev"]["ndcg@10"] > metrics["dev_input"]["ndcg@10"]
+    assert metrics["test"]["ndcg@10"] > metrics["test_input"]["ndcg@10"]
+    assert metrics["interpolation"]["normalize"] == "minmax"
+
+
+def test_validation_inputs_are_checked(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    scorer, calls = fake_scorer(small_beir, sign=1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    base = rerank_overrides(small_beir, small_beir_bm25, tiny_bert)
+    with pytest.raises(ValueError, match=r"stage.interpolation=validate needs stage.val_run_file=.*'dev'"):
+        run_stage(compose(*base, "stage.val_run_file=null"))
+    # the test run passed as the validation run: refused, nothing chosen on test
+    test_run = small_beir_bm25 / "test.trec"
+    with pytest.raises(ValueError, match=r"that split 'dev' does not have.*stage.val_run_file"):
+        run_stage(compose(*base, f"stage.val_run_file={test_run}"))
+    with pytest.raises(ValueError, match=r"data.val_split is null"):
+        run_stage(compose(*base, "data.val_split=null"))
+    for bad in ("2", "abc", "-0.1"):
+        with pytest.raises(
+            ParamError, match=r"stage.interpolation must be 'validate' or a number from 0 to 1"
+        ):
+            run_stage(compose(*base, f"stage.interpolation={bad}"))
+    with pytest.raises(ParamError, match=r"stage.normalize must be one of"):
+        run_stage(compose(*base, "stage.normalize=rank"))
+    with pytest.raises(ValueError, match=r"stage.interpolation_metric='ndcg@7' is not a metric"):
+        run_stage(compose(*base, "stage.interpolation_metric=ndcg@7", output_dir=tmp_path / "m"))
+    assert len(calls) == 1  # only the last one got as far as scoring
