@@ -315,7 +315,11 @@ def main() -> dict[str, Any]:
         rows.append(entry)
     if "zero_shot" in quality:
         rows.append(
-            {"row": "zero_shot", "what": "MiniLM before training (quality reference)", **quality["zero_shot"]}
+            {
+                "row": "zero_shot",
+                "what": "MiniLM before training (quality reference)",
+                **{k: round(v, 4) for k, v in quality["zero_shot"].items() if k.startswith("dev_")},
+            }
         )
     quality_note = (
         f" Dev quality: each row trained {QUALITY_STEPS} steps of the same batch shape on the demo's train "
