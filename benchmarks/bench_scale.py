@@ -310,7 +310,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{len(queries):,} queries with {PLANTED} planted neighbours each at cosine {SIMILARITY[0]}-{SIMILARITY[1]} "
             f"({planted_found:.3f} of the exact top {TOP_K} are planted); recall@k = share of the exact top k found; "
             f"exact search {exact_qps:.1f} queries/s. Goal (IVF-PQ recall@100 >= 0.95 at >= 10x exact): "
-            + (f"met by {', '.join(r['method'] + ' ' + r['params'] for r in goal)}" if goal else "NOT met")
+            + (
+                f"met by {', '.join(r['method'] + ' ' + r['params'] for r in goal)}"
+                if goal
+                else ("NOT met" if ivfpq else "no IVF-PQ index in this run")
+            )
             + f". Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs."
         )
         report(
