@@ -70,7 +70,8 @@ class PlantedCorpus:
         if len(inside):
             centre = self.centres[inside // PLANTED]
             cos = self.cosines[inside][:, None]
-            noise = out[self.rows[inside] - start]  # a random unit vector, nearly orthogonal to the centre
+            # a random unit vector, nearly orthogonal to the centre: cosine cos +- 1/sqrt(dim)
+            noise = out[self.rows[inside] - start]
             out[self.rows[inside] - start] = _unit(cos * centre + np.sqrt(1 - cos**2) * noise)
         return out
 
