@@ -199,13 +199,16 @@ def _child_time(spec: dict[str, Any]) -> dict[str, Any]:
         Path(spec["root"]), spec["queries"] * (spec["warmup"] + spec["steps"]), GROUP_SIZE
     )
     step = make_step(row, spec["model_path"], spec["max_len"], spec["precision"])
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
+    load = os.getloadavg()[0]
     for i, batch in enumerate(batches(groups, spec["queries"])):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         losses.append(step(batch))
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - start)
-    return {"times": times, "losses": losses}
+            cpu_times.append(time.process_time() - cpu_start)
+    load_range = f"{load:.1f}-{os.getloadavg()[0]:.1f}"
+    return {"times": times, "cpu_times": cpu_times, "losses": losses, "load": load_range}
 
 
 def _child_quality(spec: dict[str, Any]) -> dict[str, Any]:
@@ -290,10 +293,12 @@ def main() -> dict[str, Any]:
             quality[key] = run_child(MODULE, {**base, "mode": "quality", "row": key})
 
     ref = statistics.median(results[REFERENCE]["times"]) if REFERENCE in results else None
+    ref_cpu = statistics.median(results[REFERENCE]["cpu_times"]) if REFERENCE in results else None
     rows = []
     for key in keys:
         times = results[key]["times"]
         median = statistics.median(times)
+        cpu_median = statistics.median(results[key]["cpu_times"])
         row = ROWS[key]
         gflops = flops_per_step / median / 1e9
         row_precision = precision if row.library == "simlm" else "32-true"
@@ -303,6 +308,9 @@ def main() -> dict[str, Any]:
             "s_per_step": round(median, 2),
             "min_max": f"{min(times):.2f}-{max(times):.2f}",
             "speedup_vs_st_mnrl": round(ref / median, 2) if ref else None,
+            "cpu_s_per_step": round(cpu_median, 1),
+            "speedup_cpu_time": round(ref_cpu / cpu_median, 2) if ref_cpu else None,
+            "load": results[key]["load"],
             "peak_rss_gb": round(results[key]["peak_rss_mb"] / 1024, 2),
             "useful_gflops": round(gflops, 1),
             "of_peak": f"{100 * gflops / peak.gflops(row_precision):.0f}%",
@@ -331,7 +339,9 @@ def main() -> dict[str, Any]:
     notes = (
         f"CPU path: {path_label} (trainer.precision=auto; sentence-transformers rows run fp32, its default). "
         f"MiniLM, {QUERIES} queries x (1 positive + 1 random negative), {data_name} train split, max "
-        f"{MAX_LEN} tokens, AdamW lr {LR}, clip 1.0; median of {STEPS} timed steps after {WARMUP} warm-up, "
+        f"{MAX_LEN} tokens, AdamW lr {LR}, clip 1.0; median of {STEPS} timed steps after {WARMUP} warm-up "
+        "(wall time; cpu_s_per_step: the process's CPU time, all threads, less sensitive to other load; "
+        "load: the 1-minute load average when the row started and ended), "
         f"each row in its own process (peak RSS = ru_maxrss of that process); {torch.get_num_threads()} "
         f"torch threads. Useful GFLOP/s: {flops_per_step / 1e9:.0f} GFLOP per step (forward + backward = 3x "
         f"the forward FLOPs of the real, unpadded tokens: encoder_flops in benchmarks/cpu.py) / s per step; "

@@ -81,7 +81,9 @@ def cpu_path(precision: str = "auto") -> tuple[str, str]:
     from simlm.runtime import cpu_has_native_bf16, resolve_precision
 
     chosen = resolve_precision(precision, "cpu")
-    return chosen, cpu_path_label(chosen, torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16())
+    label = cpu_path_label(chosen, torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16())
+    forced = os.environ.get("SIMLM_CPU_BF16", "").strip()
+    return chosen, f"{label} [SIMLM_CPU_BF16={forced} overrides the detection]" if forced else label
 
 
 @dataclass(frozen=True)
