@@ -227,7 +227,7 @@ def test_validation_wiring_and_the_re_ranker_init(compose, tmp_path):
     from simlm.stages.pipeline import STEPS, PipelineContext, step_config
 
     work = tmp_path / "work"
-    cfg = compose(f"stage.work_dir={work}", "data=scifact", "data.root=/nowhere")
+    cfg = compose("stage=pipeline", f"stage.work_dir={work}", "data=scifact", "data.root=/nowhere")
     ctx = PipelineContext(cfg, ALL_STEPS)
     assert ctx.val_split == "holdout"
     zeroshot = step_config(cfg, STEPS["zeroshot"], ctx)
@@ -238,6 +238,9 @@ def test_validation_wiring_and_the_re_ranker_init(compose, tmp_path):
         work / "retriever2" / "holdout.trec"
     )
     assert reranker.model.name_or_path == cfg.model.name_or_path  # the default: the pipeline's model
+    demo = compose(f"stage.work_dir={work}")  # the main job starts its cross-encoder from Retriever 2
+    demo_reranker = step_config(demo, STEPS["reranker"], PipelineContext(demo, ALL_STEPS))
+    assert demo_reranker.model.name_or_path == str(work / "retriever2" / "model")
 
     init = compose(f"stage.work_dir={work}", "stage.reranker_model=retriever2")
     assert PipelineContext(init, ALL_STEPS).reranker_model == str(work / "retriever2" / "model")
