@@ -2,7 +2,7 @@
 
 Each stage module declares `PARAMS`, a dict of `stage.<key>` (dotted for nested keys) -> `Check`;
 `check_stage_params(cfg)` (called by `run_stage`) reads the module of `cfg.stage.entry`, checks every
-declared key and `trainer.devices`, and raises `ParamError`, e.g.
+declared key, `trainer.devices` and `data.val_split`, and raises `ParamError`, e.g.
 `stage.top_k must be a positive integer, got 'abc'`. Keys a stage does not declare are not checked.
 """
 
