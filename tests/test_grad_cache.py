@@ -91,6 +91,25 @@ def test_chunked_backward_equals_whole_batch_without_dropout(no_dropout_bert):
         assert_same(grads(enc), want)
 
 
+def test_a_chunk_covering_the_batch_is_the_plain_computation(no_dropout_bert):
+    """No second forward when one chunk holds the whole batch; chunks are encoded twice otherwise."""
+    enc = encoder(no_dropout_bert)
+    batch = make_batch(str(no_dropout_bert), slice(0, B))
+    rows = len(batch["passage"]["input_ids"])
+    calls = []
+
+    def encode(chunk):
+        calls.append(len(chunk["input_ids"]))
+        return enc.encode(chunk, is_query=False)
+
+    for chunk, want in [(rows, [rows]), (rows + 7, [rows]), (5, [5, 5, 2] * 2)]:
+        calls.clear()
+        out = cached_encode(encode, batch["passage"], chunk, list(enc.parameters()))
+        out.float().square().sum().backward()
+        assert calls == want, chunk
+        enc.zero_grad(set_to_none=True)
+
+
 def test_dropout_masks_are_replayed_exactly(tiny_bert):
     enc = encoder(tiny_bert)  # hidden + attention dropout 0.1, train mode
     batch = make_batch(str(tiny_bert), slice(0, B))

@@ -166,6 +166,7 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
     assert (work / "teacher_scores" / "kd_train.jsonl").is_file()
     kd = OmegaConf.load(work / "kd_biencoder" / "config.yaml")  # the step ran with the demo budget
     assert kd.model.p_max_len == 64 and kd.stage.train_n_passages == 4
+    assert kd.model.name_or_path == str(work / "retriever2" / "model")  # the demo's student starts there
     assert kd.stage.callbacks.retrieval_evaluation.enabled is False
     # validation next to test on every retrieval row, each the step's own run of the dev split
     for step in RETRIEVAL_ROWS:
@@ -246,5 +247,75 @@ def test_validation_wiring_and_the_re_ranker_init(compose, tmp_path):
     assert PipelineContext(init, ALL_STEPS).reranker_model == str(work / "retriever2" / "model")
     with pytest.raises(ValueError, match=r"stage.reranker_model=retriever2 .* not in stage.steps"):
         _ = PipelineContext(init, ["bm25", "retriever1", "reranker"]).reranker_model
+    # the KD student starts from the pre-trained encoder (SimLM), or from an earlier step's model
+    kd = STEPS["kd_biencoder"]
+    assert step_config(cfg, kd, ctx).model.name_or_path == cfg.model.name_or_path
+    student = compose("stage=pipeline", f"stage.work_dir={work}", "stage.student_model=retriever2")
+    kd_cfg = step_config(student, kd, PipelineContext(student, ALL_STEPS))
+    assert kd_cfg.model.name_or_path == str(work / "retriever2" / "model")
+    with pytest.raises(ValueError, match=r"stage.student_model=retriever2 starts the KD student .* not in"):
+        _ = PipelineContext(student, ["bm25", "retriever1", "kd_biencoder"]).student_model
     none = compose(f"stage.work_dir={work}", "data.val_split=null")
     assert step_config(none, STEPS["rerank"], PipelineContext(none, ALL_STEPS)).stage.val_run_file is None
+
+
+def _epochs_trained(step_dir: Path) -> int:
+    """Epochs a training step ran, from its CSV log (epoch column of the rows it logged)."""
+    import csv
+
+    (log_file,) = step_dir.glob("csv/**/metrics.csv")
+    with log_file.open() as f:
+        return 1 + max(int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch"))
+
+
+def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
+    compose, tmp_path, small_beir, tiny_bert
+):
+    """`+experiment=beir_pipeline data.root=...` end to end (tiny model, 2 batches per epoch): the
+    validation split resolved once, epochs from the collection's size, two fold re-rankers, and a teacher
+    file in which no query is scored by a re-ranker that trained on it."""
+    from simlm.data.folds import fold_of, read_trained_queries
+    from simlm.data.formats import read_examples
+
+    work = tmp_path / "work"
+    cfg = compose(
+        "+experiment=beir_pipeline",
+        f"data.root={small_beir}",
+        "data.name=small",
+        f"model.name_or_path={tiny_bert}",
+        f"stage.work_dir={work}",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=2",
+        output_dir=tmp_path / "run",
+    )
+    run_stage(cfg)
+    results = json.loads((work / "results.json").read_text())
+    assert results["val_split"] == "dev"  # small_beir has a dev split: `dev|holdout:0.1` takes it
+    folds = ["reranker_fold0", "reranker_fold1"]
+    assert [r["step"] for r in results["rows"]] == [*ALL_STEPS[:6], *folds, *ALL_STEPS[6:]]
+    assert OmegaConf.load(work / "retriever1" / "config.yaml").data.val_split == "dev"
+    # 150 training queries: 4 bi-encoder steps per epoch -> 3 epochs (max_epochs); the re-ranker 18 per
+    # epoch -> 3 epochs (capped), and so its folds
+    assert _epochs_trained(work / "retriever1") == 3
+    assert _epochs_trained(work / "reranker") == 3 and _epochs_trained(work / "reranker_fold1") == 3
+    teacher = OmegaConf.load(work / "teacher_scores" / "config.yaml").stage
+    assert list(teacher.cross_fit_models) == [str(work / f / "model") for f in folds]
+    records = [read_trained_queries(work / f / "model") for f in folds]
+    for i, record in enumerate(records):
+        assert record["excluded_fold"] == i and record["folds"] == 2
+        assert record["query_ids"] and all(fold_of(q, 2) != i for q in record["query_ids"])
+    scored = read_examples(work / "teacher_scores" / "kd_train.jsonl")
+    assert scored and all(ex.query_id not in records[fold_of(ex.query_id, 2)]["query_ids"] for ex in scored)
+    kd = OmegaConf.load(work / "kd_biencoder" / "config.yaml").stage
+    assert kd.module.grad_cache == {"query_chunk": 32, "passage_chunk": 64}  # 2 chunks of its 128
+    rerank = OmegaConf.load(work / "rerank" / "config.yaml")
+    assert rerank.model.name_or_path == str(work / "reranker" / "model")  # trained on every query
+
+
+def test_the_scifact_recipe_is_the_beir_recipe_with_scifact_data(compose):
+    beir = compose("+experiment=beir_pipeline", "data.root=/nowhere")
+    scifact = compose("+experiment=scifact_pipeline")
+    assert scifact.data.name == "scifact" and scifact.data.val_split == "holdout:100"
+    assert beir.data.val_split == "dev|holdout:0.1"
+    assert OmegaConf.to_container(scifact.stage) == OmegaConf.to_container(beir.stage)
+    assert scifact.model == beir.model

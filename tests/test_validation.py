@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import read_examples, read_run
-from simlm.data.validation import HOLDOUT, holdout_order, parse_val_split
+from simlm.data.validation import HOLDOUT, choose_val_split, holdout_order, parse_val_split
 from simlm.evaluation import evaluate
 from simlm.stages import run_stage
 from simlm.stages.params import ParamError
@@ -43,6 +43,26 @@ def test_a_bad_val_split_names_the_key_before_anything_runs(bad, compose, tmp_pa
         run_stage(cfg)
     assert err.value.key == "data.val_split"
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_alternatives_take_the_first_split_the_data_set_has(small_beir, tmp_path):
+    has = {"dev"}.__contains__
+    assert choose_val_split("dev|holdout:0.1", has) == "dev"
+    assert choose_val_split("nodev|holdout:0.1", has) == "holdout:0.1"
+    assert choose_val_split("dev", has) == "dev" and choose_val_split(None, has) is None
+    with pytest.raises(ValueError, match=r"data.val_split='a\|b': none of its alternatives"):
+        choose_val_split("a|b", has)
+    with pytest.raises(ValueError, match="data.val_split must be"):
+        choose_val_split("dev|holdout:0", has)
+    # data=beir's default: a collection's dev split, else a held-out tenth of its training queries
+    assert RetrievalData(small_beir, val_split="dev|holdout:0.1").val_split == "dev"
+    no_dev = tmp_path / "no-dev"
+    (no_dev / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"):
+        (no_dev / name).write_bytes((small_beir / name).read_bytes())
+    data = RetrievalData(no_dev, val_split="dev|holdout:0.1")
+    assert data.val_split == HOLDOUT and data.val_spec.text == "holdout:0.1"
+    assert len(data.holdout_ids) == 15  # a tenth of the 150 training queries
 
 
 # ------------------------------------------------------------------------------------ the data layer

@@ -19,7 +19,15 @@ from simlm.data.formats import (
     read_simlm_passages,
     read_trec_qrels,
 )
-from simlm.data.validation import HOLDOUT, KEY, ValidationSplit, ValSplitSpec, holdout_ids, parse_val_split
+from simlm.data.validation import (
+    HOLDOUT,
+    KEY,
+    ValidationSplit,
+    ValSplitSpec,
+    choose_val_split,
+    holdout_ids,
+    parse_val_split,
+)
 
 LAYOUTS = ("beir", "msmarco", "demo")
 
@@ -44,7 +52,7 @@ class RetrievalData:
     None keeps the MS MARCO rule (2 when the qrels are graded up to 3 or more, else 1).
 
     `val_split` (`data.val_split`, `simlm.data.validation`): a split with its own judgements, or
-    `holdout:<n|fraction>`. A held-out slice is the split `holdout` (queries, qrels, answers), and it is
+    `holdout:<n|fraction>`, or alternatives `dev|holdout:0.1` (the first the data set has). A held-out slice is the split `holdout` (queries, qrels, answers), and it is
     removed from `train_split` in everything this object returns, so no stage can train on it.
     """
 
@@ -71,14 +79,18 @@ class RetrievalData:
         self.task = task
         self.mrr_threshold = mrr_threshold
         self.train_split = train_split
-        self.val_spec: ValSplitSpec | None = parse_val_split(val_split)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.root {self.root} is not a directory")
+        self.val_spec: ValSplitSpec | None = None  # choose_val_split's checks must not see a half-built spec
+        val_split = choose_val_split(
+            val_split, lambda split: self._has_file_qrels(split) or self._has_answers(split)
+        )
+        self.val_spec = parse_val_split(val_split)
         if self.val_spec is not None and self.val_spec.split == train_split:
             raise ValueError(
                 f"{KEY}={val_split!r} is the training split (data.train_split): validation queries are "
                 f"never trained on; hold some out instead ({KEY}=holdout:<n or fraction>)"
             )
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"data.root {self.root} is not a directory")
 
     @classmethod
     def from_config(cls, data_cfg: Any) -> RetrievalData:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from simlm.data.formats import Qrels
@@ -19,7 +19,10 @@ from simlm.data.formats import Qrels
 HOLDOUT = "holdout"  # the split name of a held-out slice of the training queries
 KEY = "data.val_split"
 _HOLDOUT_RE = re.compile(r"^holdout:(.*)$")
-SYNTAX = "a split name (e.g. dev), holdout:<n> (n >= 1), holdout:<fraction in (0, 1)>, or null"
+SYNTAX = (
+    "a split name (e.g. dev), holdout:<n> (n >= 1), holdout:<fraction in (0, 1)>, alternatives "
+    "a|b (the first the data set has), or null"
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,25 @@ def _parse_size(text: str) -> int | float | None:
     except ValueError:
         return None
     return fraction if 0.0 < fraction < 1.0 else None
+
+
+def choose_val_split(value: object, has_judgements: Callable[[str], bool]) -> object:
+    """Alternatives `a|b|...` -> the first a data set can validate with; any other value unchanged.
+
+    `dev|holdout:0.1` (the BEIR recipe's): the collection's dev split when it has judgements for it,
+    else a held-out tenth of the training queries. A `holdout:` alternative always can. Each alternative
+    is checked by `parse_val_split`; none usable: ValueError naming `data.val_split`.
+    """
+    if not isinstance(value, str) or "|" not in value:
+        return value
+    specs = [parse_val_split(option) for option in value.split("|")]  # every alternative is checked
+    for spec in specs:
+        if spec is not None and (spec.is_holdout or has_judgements(spec.name)):
+            return spec.text
+    raise ValueError(
+        f"{KEY}={value!r}: none of its alternatives has judgements in this data set; "
+        "add a holdout:<n or fraction> alternative"
+    )
 
 
 def holdout_order(qid: str) -> str:

@@ -152,6 +152,9 @@ def cached_encode(encode: EncodeFn, features: Features, chunk_size: int, params:
         exactly what back-propagating through `torch.cat([encode(c) for c in chunks])` would.
     """
     trainable = [p for p in params if p.requires_grad]
+    rows = len(next(iter(features.values())))
+    if rows <= chunk_size:  # one chunk is the plain computation: no second forward
+        return encode(features)
     if not torch.is_grad_enabled() or not trainable:
         return torch.cat([encode(c) for c in chunk_features(features, chunk_size)])
     return _CachedEncode.apply(encode, chunk_features(features, chunk_size), *trainable)

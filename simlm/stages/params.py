@@ -192,8 +192,10 @@ def check_data(cfg: Any) -> None:
     value = _lookup(data, "val_split") if data is not None else _MISSING
     if value is _MISSING:
         return
+    value = _plain(value)
     try:
-        parse_val_split(_plain(value))
+        for option in value.split("|") if isinstance(value, str) else [value]:  # alternatives a|b
+            parse_val_split(option)
     except ValueError as e:
         raise ParamError(str(e), key="data.val_split") from None
 

@@ -1,7 +1,8 @@
 """`stage=pipeline`: SimLM's stages chained (the paper's fine-tuning pipeline, Figure 2), each feeding the next through config.
 
 [rlm ->] bm25 -> zero-shot -> retriever1 (BM25 negatives, mines) -> retriever2 (mined negatives, mines)
--> reranker (retriever2's negatives) -> rerank (retriever2's run) -> teacher_scores -> kd_biencoder.
+-> reranker (retriever2's negatives) -> rerank (retriever2's run) [-> reranker_fold0..K-1, cross-fitted
+teachers] -> teacher_scores -> kd_biencoder.
 
 Every step is a normal stage run composed from `conf/run.yaml` (`stage=<its stage>`) with the
 pipeline's own `data`, `model`, `trainer` and `logger`, written into `<work_dir>/<step>/`. A finished
@@ -60,19 +61,42 @@ class PipelineContext:
             return str(self.out("rlm") / "model")
         return str(self.cfg.stage.init_model or self.cfg.model.name_or_path)
 
-    @property
-    def reranker_model(self) -> str:
-        """`stage.reranker_model`: a folder or hub id, or the name of an earlier step whose model starts
-        the cross-encoder (e.g. `retriever2`); default `model.name_or_path`."""
-        value = self.cfg.stage.get("reranker_model")
-        if value in RERANKER_INIT_STEPS:
+    def _step_or_model(self, key: str, starts: str, default: str) -> str:
+        """`stage.<key>`: a folder or hub id, or the name of an earlier step (INIT_STEPS) whose model
+        starts `starts`; null: `default`."""
+        value = self.cfg.stage.get(key)
+        if value in INIT_STEPS:
             if value not in self.steps:
                 raise ValueError(
-                    f"stage.reranker_model={value} starts the re-ranker from that step's model, but it is "
+                    f"stage.{key}={value} starts the {starts} from that step's model, but it is "
                     f"not in stage.steps={self.steps}"
                 )
             return str(self.out(value) / "model")
-        return str(value or self.cfg.model.name_or_path)
+        return str(value or default)
+
+    @property
+    def reranker_model(self) -> str:
+        """`stage.reranker_model`: where the cross-encoder starts (e.g. `retriever2`); default
+        `model.name_or_path`."""
+        return self._step_or_model("reranker_model", "re-ranker", str(self.cfg.model.name_or_path))
+
+    @property
+    def student_model(self) -> str:
+        """`stage.student_model`: where the KD retriever starts (e.g. `retriever2`); default
+        `init_model`, as SimLM (the pre-trained encoder)."""
+        return self._step_or_model("student_model", "KD student", self.init_model)
+
+    @property
+    def cross_fit_folds(self) -> int:
+        """`stage.cross_fit_folds`: K re-rankers trained on K folds score the teacher file (0: off)."""
+        return int(self.cfg.stage.get("cross_fit_folds") or 0)
+
+    @property
+    def teacher_steps(self) -> list[str]:
+        """The re-ranker steps whose models score the KD teacher file."""
+        if self.cross_fit_folds:
+            return [fold_step_name(i) for i in range(self.cross_fit_folds)]
+        return ["reranker"]
 
     @property
     def negatives_step(self) -> str:
@@ -105,12 +129,43 @@ def _search_splits(ctx: PipelineContext) -> list[str]:
     return [f"stage.split=[{ctx.val_split},{ctx.eval_split}]"]
 
 
-# steps before the re-ranker whose model may start it (stage.reranker_model=<step>)
-RERANKER_INIT_STEPS = ("rlm", "retriever1", "retriever2")
+# steps whose model may start the re-ranker or the KD student (stage.reranker_model / student_model=<step>)
+INIT_STEPS = ("rlm", "retriever1", "retriever2")
 
 
 def _mined(ctx: PipelineContext) -> Path:
     return ctx.out(ctx.negatives_step) / "mined" / "train.jsonl"
+
+
+FOLD_PREFIX = "reranker_fold"
+
+
+def fold_step_name(fold: int) -> str:
+    return f"{FOLD_PREFIX}{fold}"
+
+
+def _teacher_wiring(ctx: PipelineContext) -> list[str]:
+    """The teacher: the re-ranker, or (cross-fitting) the K fold re-rankers, each scoring the queries it
+    never trained on (stage=teacher_scores checks their records)."""
+    models = [str(ctx.out(name) / "model") for name in ctx.teacher_steps]
+    wiring = [f"stage.examples_file={_mined(ctx)}"]
+    if len(models) == 1:
+        return [f"model.name_or_path={models[0]}", *wiring]
+    return [f"model.name_or_path={models[0]}", f"stage.cross_fit_models=[{','.join(models)}]", *wiring]
+
+
+def fold_step(fold: int, folds: int) -> Step:
+    """Cross-fitting's i-th re-ranker: the `reranker` step's recipe without the queries of fold i."""
+    reranker = STEPS["reranker"]
+    return Step(
+        fold_step_name(fold),
+        reranker.stage,
+        lambda ctx: [
+            *reranker.wiring(ctx),
+            f"stage.datamodule.train_fold={{folds: {folds}, exclude: {fold}}}",
+        ],
+        f"re-ranker without fold {fold} (cross-fitted teacher)",
+    )
 
 
 STEPS: dict[str, Step] = {
@@ -164,20 +219,12 @@ STEPS: dict[str, Step] = {
             ],
             "re-ranked retriever run",
         ),
-        Step(
-            "teacher_scores",
-            "teacher_scores",
-            lambda ctx: [
-                f"model.name_or_path={ctx.out('reranker') / 'model'}",
-                f"stage.examples_file={_mined(ctx)}",
-            ],
-            "teacher scores",
-        ),
+        Step("teacher_scores", "teacher_scores", _teacher_wiring, "teacher scores"),
         Step(
             "kd_biencoder",
             "kd_biencoder",
             lambda ctx: [
-                f"model.name_or_path={ctx.init_model}",
+                f"model.name_or_path={ctx.student_model}",
                 f"stage.datamodule.train_file={ctx.out('teacher_scores') / 'kd_train.jsonl'}",
             ],
             "Retriever distill (KD)",
@@ -199,6 +246,8 @@ def step_config(cfg: DictConfig, step: Step, ctx: PipelineContext) -> DictConfig
         sub.seed = cfg.seed
         sub.paths.output_dir = str(ctx.out(step.name))
         sub.merge_with(OmegaConf.from_dotlist(step.wiring(ctx)))
+        if step.name.startswith(FOLD_PREFIX):  # a fold re-ranker is the re-ranker's recipe on fewer queries
+            sub.merge_with(cfg.stage.step_overrides.get("reranker") or {})
         sub.merge_with(cfg.stage.step_overrides.get(step.name) or {})
         if "wandb" in (sub.get("logger") or {}):
             sub.logger.wandb.group = f"pipeline-{cfg.data.name}"
@@ -245,6 +294,7 @@ NEUTRAL_FLAGS = {
     ("stage", "module", "kd_teacher_temperature"): 1.0,
     ("stage", "datamodule", "train_fold"): None,
     ("stage", "cross_fit_models"): None,
+    ("stage", "budget"): None,
     ("data", "mrr_threshold"): None,
 }
 
@@ -291,14 +341,46 @@ def _is_complete(step_dir: Path, digest: str) -> bool:
     return marker.is_file() and json.loads(marker.read_text()).get("hash") == digest
 
 
-def check_step_params(cfg: DictConfig, order: list[str], ctx: PipelineContext) -> None:
+def resolve_val_split(cfg: DictConfig) -> None:
+    """Alternatives in `data.val_split` (`dev|holdout:0.1`) -> the one the data set has, once, so every
+    step (and its config hash) sees the same concrete split."""
+    value = cfg.data.get("val_split")
+    if not (isinstance(value, str) and "|" in value):
+        return
+    from simlm.data.dataset import RetrievalData
+
+    spec = RetrievalData.from_config(cfg.data).val_spec
+    chosen = None if spec is None else spec.text
+    log.info("pipeline: data.val_split=%s -> %s", value, chosen)
+    with open_dict(cfg):
+        cfg.data.val_split = chosen
+
+
+def pipeline_steps(ctx: PipelineContext) -> dict[str, Step]:
+    """The steps to run in data-flow order; cross-fitting adds its K fold re-rankers before `teacher_scores`."""
+    folds = ctx.cross_fit_folds
+    if folds and "teacher_scores" not in ctx.steps:
+        raise ValueError(
+            "stage.cross_fit_folds trains teachers for stage=teacher_scores, which is not in stage.steps"
+        )
+    if folds == 1 or folds < 0:
+        raise ValueError(f"stage.cross_fit_folds must be 0 (off) or at least 2, got {folds}")
+    steps: dict[str, Step] = {}
+    for name in ctx.steps:
+        if name == "teacher_scores":
+            steps.update({fold_step_name(i): fold_step(i, folds) for i in range(folds)})
+        steps[name] = STEPS[name]
+    return steps
+
+
+def check_step_params(cfg: DictConfig, steps: dict[str, Step], ctx: PipelineContext) -> None:
     """Every step's parameters (`simlm.stages.params`) before the first step runs, not hours into the
     pipeline; the error names the step."""
     from simlm.stages.params import ParamError, check_stage_params
 
-    for name in order:
+    for name, step in steps.items():
         try:
-            check_stage_params(step_config(cfg, STEPS[name], ctx))
+            check_stage_params(step_config(cfg, step, ctx))
         except ParamError as e:
             where = f"stage.step_overrides.{name}.{e.key}"
             raise ParamError(f"pipeline step {name}: {e} (the step's {e.key}: set {where})", e.key) from None
@@ -313,13 +395,15 @@ def run(cfg: DictConfig) -> Metrics:
     if unknown:
         raise ValueError(f"unknown pipeline steps {unknown}; known: {list(STEPS)}")
     order = [n for n in STEPS if n in names]  # the data flow fixes the order
+    resolve_val_split(cfg)
     ctx = PipelineContext(cfg, order)
-    check_step_params(cfg, order, ctx)
+    steps = pipeline_steps(ctx)
+    order = list(steps)
+    check_step_params(cfg, steps, ctx)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     previous = ""
     timings: dict[str, float] = {}
-    for name in order:
-        step = STEPS[name]
+    for name, step in steps.items():
         sub = step_config(cfg, step, ctx)
         digest = config_hash(sub, previous)
         step_dir = ctx.out(name)
@@ -377,7 +461,7 @@ def collect_results(
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         test = metrics.get(ctx.eval_split) or {}
         val = (metrics.get(ctx.val_split) if ctx.val_split else None) or {}
-        if not val and name == "reranker":
+        if not val and (name == "reranker" or name.startswith(FOLD_PREFIX)):
             val = metrics.get("val") or {}
         row: dict[str, Any] = {"system": _label(name, metrics, ctx), "step": name}
         row.update({k: float(test[k]) for k in RESULT_METRICS if k in test})
@@ -391,7 +475,12 @@ def collect_results(
 
 def _label(name: str, metrics: dict[str, Any], ctx: PipelineContext) -> str:
     """The row label; the re-rank row says the interpolation weight and where it was chosen."""
-    label = STEPS[name].label
+    if name.startswith(FOLD_PREFIX):
+        label = (
+            f"re-ranker without fold {name[len(FOLD_PREFIX) :]} (cross-fitted teacher; val: its score alone)"
+        )
+    else:
+        label = STEPS[name].label
     block = metrics.get("interpolation") or {}
     if "weight" in block:
         where = f"on {block['validation_split']}" if block.get("validation_split") else "fixed"

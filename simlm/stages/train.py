@@ -7,6 +7,7 @@ rlm, biencoder, kd_biencoder and train_reranker differ only in their `conf/stage
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,62 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[pl.Callback]) -> pl.Tra
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
+def epochs_for_budget(
+    num_examples: int,
+    batch_size: int,
+    world_size: int = 1,
+    accumulate: int = 1,
+    min_steps: int = 1,
+    max_epochs: int | None = None,
+) -> tuple[int, int]:
+    """(epochs, optimizer steps per epoch) so that training takes at least `min_steps` optimizer steps.
+
+    Steps per epoch follow the loaders: each rank gets ceil(n / world) examples, drops the last partial
+    batch when it has a full one, and steps every `accumulate` batches (a partial window steps too).
+    Epochs are whole and at most `max_epochs` (None: no cap), so a small collection trains for more epochs
+    and a large one for one.
+    """
+    if num_examples < 1 or batch_size < 1 or world_size < 1 or accumulate < 1 or min_steps < 1:
+        raise ValueError(
+            "stage.budget needs positive sizes: "
+            f"examples={num_examples} batch={batch_size} world={world_size} accumulate={accumulate} "
+            f"min_steps={min_steps}"
+        )
+    per_rank = math.ceil(num_examples / world_size)
+    batches = per_rank // batch_size if per_rank >= batch_size else 1
+    steps = math.ceil(batches / accumulate)
+    epochs = math.ceil(min_steps / steps)
+    if max_epochs is not None:
+        epochs = min(epochs, int(max_epochs))
+    return max(1, epochs), steps
+
+
+def apply_budget(trainer: pl.Trainer, datamodule: Any, budget: DictConfig) -> int:
+    """Set the trainer's epochs from `stage.budget` ({min_steps, max_epochs}) and the training set's size."""
+    unknown = set(budget) - {"min_steps", "max_epochs"}
+    if unknown:
+        raise ValueError(f"stage.budget: unknown keys {sorted(unknown)} (known: min_steps, max_epochs)")
+    datamodule.setup("fit")  # idempotent: Lightning's own call finds the data loaded
+    epochs, steps = epochs_for_budget(
+        len(datamodule.train_dataset),
+        int(datamodule.batch_size),
+        trainer.world_size,
+        int(trainer.accumulate_grad_batches),
+        int(budget.get("min_steps") or 1),
+        budget.get("max_epochs"),
+    )
+    trainer.fit_loop.max_epochs = epochs
+    log.info(
+        "budget: %d training examples, %d steps per epoch -> %d epochs (min_steps=%s, max_epochs=%s)",
+        len(datamodule.train_dataset),
+        steps,
+        epochs,
+        budget.get("min_steps"),
+        budget.get("max_epochs"),
+    )
+    return epochs
+
+
 def run(cfg: DictConfig) -> Metrics:
     """Fit the stage's LightningModule and return `{val: ..., <eval_split>: ...}` metrics."""
     pl.seed_everything(int(cfg.seed), workers=True)
@@ -57,6 +114,8 @@ def run(cfg: DictConfig) -> Metrics:
     )  # plain containers: checkpoints load with weights_only
     stage_callbacks = _instantiate_group(cfg.stage.get("callbacks"))
     trainer = build_trainer(cfg, stage_callbacks)
+    if cfg.stage.get("budget"):
+        apply_budget(trainer, datamodule, cfg.stage.budget)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.stage.get("ckpt_path"))
     if trainer.interrupted:
         raise KeyboardInterrupt(
