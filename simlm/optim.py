@@ -47,11 +47,12 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     param_lrs: Mapping[str, float] | None = None,
+    fused: bool | None = None,
 ):
     """AdamW (no decay on biases and LayerNorm weights) + the warmup/decay schedule, stepped every optimizer step.
 
     `param_lrs` maps parameter names to their own peak lr (e.g. a newly initialised head); the schedule
-    scales every group alike.
+    scales every group alike. `fused`: AdamW's fused kernel (None: wherever `fused_supported`).
     """
     param_lrs = dict(param_lrs or {})
     unknown = set(param_lrs) - {name for name, _ in module.named_parameters()}
@@ -68,7 +69,9 @@ def build_optimizer(
         for (decays, group_lr), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]
     params = [p for group in param_groups for p in group["params"]]
-    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, fused=fused_supported(params))
+    if fused is None:
+        fused = fused_supported(params)
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, fused=fused)
     scheduler = LambdaLR(
         optimizer, lambda step: warmup_decay_factor(step, warmup_steps, total_steps, warmup_type)
     )

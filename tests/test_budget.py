@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
-from simlm.stages.train import epochs_for_budget
+from simlm.stages.train import apply_budget, epochs_for_budget
 
 
 def loader_steps(n: int, batch: int, world: int, accumulate: int) -> int:
@@ -44,3 +46,12 @@ def test_bad_sizes_are_refused(bad):
     kwargs = dict(num_examples=10, batch_size=2, min_steps=5) | bad
     with pytest.raises(ValueError, match="stage.budget needs positive sizes"):
         epochs_for_budget(**kwargs)
+
+
+def test_the_budget_sets_the_trainers_epochs_and_refuses_unknown_keys():
+    trainer = SimpleNamespace(world_size=2, accumulate_grad_batches=1, fit_loop=SimpleNamespace(max_epochs=1))
+    datamodule = SimpleNamespace(setup=lambda stage: None, train_dataset=list(range(709)), batch_size=8)
+    assert apply_budget(trainer, datamodule, OmegaConf.create({"min_steps": 100, "max_epochs": 5})) == 3
+    assert trainer.fit_loop.max_epochs == 3  # 355 examples per rank: 44 steps per epoch
+    with pytest.raises(ValueError, match=r"stage.budget: unknown keys \['min_step'\]"):
+        apply_budget(trainer, datamodule, OmegaConf.create({"min_step": 100}))

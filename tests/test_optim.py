@@ -37,6 +37,12 @@ def test_the_fused_step_equals_the_reference_adamw_step():
     assert not torch.equal(model[0].weight, initial[0].weight)  # three steps moved it
 
 
+def test_fused_can_be_turned_off():
+    """Mixed precision turns it off (Lightning's AMP plugin refuses clipping with a fused optimizer)."""
+    optimizer, _ = build_optimizer(torch.nn.Linear(2, 2), 1e-3, 0.0, 0, 10, fused=False)
+    assert optimizer.defaults["fused"] is False
+
+
 def test_fused_only_where_every_parameter_allows_it():
     cpu = torch.nn.Parameter(torch.zeros(2))
     assert fused_supported([cpu, torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))])

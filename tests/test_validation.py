@@ -47,11 +47,14 @@ def test_a_bad_val_split_names_the_key_before_anything_runs(bad, compose, tmp_pa
 
 def test_alternatives_take_the_first_split_the_data_set_has(small_beir, tmp_path):
     has = {"dev"}.__contains__
-    assert choose_val_split("dev|holdout:0.1", has) == "dev"
-    assert choose_val_split("nodev|holdout:0.1", has) == "holdout:0.1"
+    assert choose_val_split("dev|holdout:0.1", has, lambda: 100) == "dev"
+    assert choose_val_split("nodev|holdout:0.1", has, lambda: 100) == "holdout:0.1"
     assert choose_val_split("dev", has) == "dev" and choose_val_split(None, has) is None
-    with pytest.raises(ValueError, match=r"data.val_split='a\|b': none of its alternatives"):
-        choose_val_split("a|b", has)
+    # none usable (no such split; a holdout that would leave nothing to train on): the first is kept,
+    # and stages treat it as a named split without judgements
+    assert choose_val_split("a|b", has) == "a"
+    assert choose_val_split("nodev|holdout:0.1", has, lambda: 1) == "nodev"
+    assert choose_val_split("nodev|holdout:5|holdout:0.5", has, lambda: 4) == "holdout:0.5"
     with pytest.raises(ValueError, match="data.val_split must be"):
         choose_val_split("dev|holdout:0", has)
     # data=beir's default: a collection's dev split, else a held-out tenth of its training queries

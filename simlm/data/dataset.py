@@ -52,8 +52,9 @@ class RetrievalData:
     None keeps the MS MARCO rule (2 when the qrels are graded up to 3 or more, else 1).
 
     `val_split` (`data.val_split`, `simlm.data.validation`): a split with its own judgements, or
-    `holdout:<n|fraction>`, or alternatives `dev|holdout:0.1` (the first the data set has). A held-out slice is the split `holdout` (queries, qrels, answers), and it is
-    removed from `train_split` in everything this object returns, so no stage can train on it.
+    `holdout:<n|fraction>`, or alternatives `dev|holdout:0.1` (the first the data set has). A held-out
+    slice is the split `holdout` (queries, qrels, answers), and it is removed from `train_split` in
+    everything this object returns, so no stage can train on it.
     """
 
     def __init__(
@@ -83,7 +84,9 @@ class RetrievalData:
             raise FileNotFoundError(f"data.root {self.root} is not a directory")
         self.val_spec: ValSplitSpec | None = None  # choose_val_split's checks must not see a half-built spec
         val_split = choose_val_split(
-            val_split, lambda split: self._has_file_qrels(split) or self._has_answers(split)
+            val_split,
+            lambda split: self._has_file_qrels(split) or self._has_answers(split),
+            lambda: len(self._judged_training_queries() or {}),
         )
         self.val_spec = parse_val_split(val_split)
         if self.val_spec is not None and self.val_spec.split == train_split:
@@ -184,17 +187,23 @@ class RetrievalData:
         if self.val_spec is None or not self.val_spec.is_holdout:
             return frozenset()
         split = self.train_split
-        if self.task == "qa":
-            judged = self._split_queries(split)[1] or {}
-        elif self._has_file_qrels(split):
-            judged = self._file_qrels(split, check_docs=False)
-        else:
+        judged = self._judged_training_queries()
+        if judged is None:
             raise ValueError(
                 f"{KEY}={self.val_spec.text!r} holds out judged training queries, but the training split "
                 f"'{split}' of {self.root} has no qrels: name a split with judgements instead "
                 f"({KEY}=<split>) or null"
             )
         return holdout_ids(judged, self.val_spec)
+
+    def _judged_training_queries(self) -> dict[str, Any] | None:
+        """The training split's judgements by query (qrels, or QA answers); None when it has none."""
+        split = self.train_split
+        if self.task == "qa":
+            return self._split_queries(split)[1] or {}
+        if self._has_file_qrels(split):
+            return self._file_qrels(split, check_docs=False)
+        return None
 
     def _restrict(self, split: str, by_query: dict[str, Any]) -> dict[str, Any]:
         """`by_query` of the split's files cut to `split`: the held-out slice, or the training split without it."""

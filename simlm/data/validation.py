@@ -80,28 +80,44 @@ def _parse_size(text: str) -> int | float | None:
     return fraction if 0.0 < fraction < 1.0 else None
 
 
-def choose_val_split(value: object, has_judgements: Callable[[str], bool]) -> object:
+def choose_val_split(
+    value: object,
+    has_judgements: Callable[[str], bool],
+    training_queries: Callable[[], int] = lambda: 0,
+) -> object:
     """Alternatives `a|b|...` -> the first a data set can validate with; any other value unchanged.
 
-    `dev|holdout:0.1` (the BEIR recipe's): the collection's dev split when it has judgements for it,
-    else a held-out tenth of the training queries. A `holdout:` alternative always can. Each alternative
-    is checked by `parse_val_split`; none usable: ValueError naming `data.val_split`.
+    `dev|holdout:0.1` (`data=beir`'s default): the collection's dev split when it has judgements for it,
+    else a held-out tenth of the training queries, if that leaves some to train on
+    (`training_queries()`: how many judged training queries there are). Every alternative is checked
+    by `parse_val_split`. When none is usable the first is kept, and the stages treat it as any named
+    split without judgements (search and BM25 skip it with a warning, training stages say what to set).
     """
     if not isinstance(value, str) or "|" not in value:
         return value
     specs = [parse_val_split(option) for option in value.split("|")]  # every alternative is checked
     for spec in specs:
-        if spec is not None and (spec.is_holdout or has_judgements(spec.name)):
+        if spec is None:
+            return None
+        if spec.is_holdout:
+            n = training_queries()
+            if n and holdout_count(spec, n) < n:
+                return spec.text
+        elif has_judgements(spec.name):
             return spec.text
-    raise ValueError(
-        f"{KEY}={value!r}: none of its alternatives has judgements in this data set; "
-        "add a holdout:<n or fraction> alternative"
-    )
+    return specs[0].text if specs[0] is not None else None
 
 
 def holdout_order(qid: str) -> str:
     """The sort key of the held-out slice (and of other hash-chosen query subsets): sha256 of the id."""
     return hashlib.sha256(qid.encode("utf-8")).hexdigest()
+
+
+def holdout_count(spec: ValSplitSpec, num_train: int) -> int:
+    """How many of `num_train` judged training queries a `holdout:` spec holds out (a fraction: rounded,
+    at least one)."""
+    assert spec.size is not None, "not a holdout spec"
+    return spec.size if isinstance(spec.size, int) else max(1, round(spec.size * num_train))
 
 
 def holdout_ids(train_qids: Iterable[str], spec: ValSplitSpec) -> frozenset[str]:
@@ -111,7 +127,7 @@ def holdout_ids(train_qids: Iterable[str], spec: ValSplitSpec) -> frozenset[str]
     """
     assert spec.size is not None, "not a holdout spec"
     ordered = sorted(set(train_qids), key=holdout_order)
-    n = spec.size if isinstance(spec.size, int) else max(1, round(spec.size * len(ordered)))
+    n = holdout_count(spec, len(ordered))
     if n >= len(ordered):
         raise ValueError(
             f"{KEY}={spec.text!r} holds out {n} of the {len(ordered)} judged training queries: "

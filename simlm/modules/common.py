@@ -28,6 +28,9 @@ def warmup_decay_optimizers(module: pl.LightningModule) -> dict[str, Any]:
         total,
         hp.warmup_type,
         param_lrs=getattr(module, "param_lrs", None),
+        # Lightning's mixed-precision plugin refuses gradient clipping with an optimizer that unscales
+        # gradients itself, which the fused kernel does: fused only at full precision
+        fused=None if "mixed" not in str(module.trainer.precision) else False,
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
