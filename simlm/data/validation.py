@@ -96,16 +96,15 @@ def choose_val_split(
     if not isinstance(value, str) or "|" not in value:
         return value
     specs = [parse_val_split(option) for option in value.split("|")]  # every alternative is checked
-    for spec in specs:
-        if spec is None:
-            return None
+    for spec in specs:  # a string alternative always parses to a spec (None comes only from null)
+        assert spec is not None
         if spec.is_holdout:
             n = training_queries()
             if n and holdout_count(spec, n) < n:
                 return spec.text
         elif has_judgements(spec.name):
             return spec.text
-    return specs[0].text if specs[0] is not None else None
+    return specs[0].text
 
 
 def holdout_order(qid: str) -> str:
