@@ -5,7 +5,9 @@ passages when SciFact is absent), each one "title text" segment truncated at 256
 `max_seq_length`), mean pooling + L2 normalisation in both. Rows:
 - `SentenceTransformer(path).encode(texts)`: its defaults (fp32, batch 32);
 - simlm `encode_texts` (what `stage=encode` runs) at `trainer.precision=auto` (bf16-mixed autocast on CPUs
-  with native bf16, fp32 elsewhere) and `stage=encode`'s batch of 128, length-sorted batches;
+  with native bf16, fp32 elsewhere) and `stage=encode`'s batch of 128, length-sorted batches, which on a
+  CPU hold at most `simlm.runtime.CPU_BATCH_TOKENS` padded tokens (32 passages of 256 tokens);
+- the same without that cap (128 passages per batch whatever their length: the lever's size);
 - the same with `stage.quantize=int8` (dynamic int8 Linear layers).
 Tokenisation is timed in every row; model loading is not. Rounds are interleaved (fairer when other
 processes share the CPU) and the best round of each row counts.
@@ -25,6 +27,7 @@ import os
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -60,7 +63,11 @@ def methods(model_path: str, precision: str) -> dict[str, Callable[[list[tuple[s
 
     from simlm.models.encoder import load_encoder
     from simlm.models.quantize import quantize
+    from simlm.retrieval import encoding
     from simlm.retrieval.encoding import encode_texts
+
+    def no_cap(device: Any) -> None:
+        return None
 
     st_model = SentenceTransformer(model_path, device="cpu")
     st_model.max_seq_length = MAX_LEN
@@ -78,26 +85,38 @@ def methods(model_path: str, precision: str) -> dict[str, Callable[[list[tuple[s
     def st(pairs: list[tuple[str, str]]) -> np.ndarray:
         return st_model.encode([passage_string(t, x) for t, x in pairs])
 
-    def simlm(encoder: Any, row_precision: str) -> Callable[[list[tuple[str, str]]], np.ndarray]:
+    def simlm(
+        encoder: Any, row_precision: str, token_cap: bool = True
+    ) -> Callable[[list[tuple[str, str]]], np.ndarray]:
         def run(pairs: list[tuple[str, str]]) -> np.ndarray:
             titles, texts = [t for t, _ in pairs], [x for _, x in pairs]
-            return encode_texts(
-                encoder,
-                tokenizer,
-                titles=titles,
-                texts=texts,
-                batch_size=SIMLM_BATCH,
-                precision=row_precision,
-                progress=False,
-            )
+            with mock.patch.object(
+                encoding, "batch_token_budget", encoding.batch_token_budget if token_cap else no_cap
+            ):
+                return encode_texts(
+                    encoder,
+                    tokenizer,
+                    titles=titles,
+                    texts=texts,
+                    batch_size=SIMLM_BATCH,
+                    precision=row_precision,
+                    progress=False,
+                )
 
         return run
 
     label = "bf16-mixed" if precision == "bf16-mixed" else "fp32"
     return {
         REFERENCE: st,
-        f"simlm encode_texts (precision auto: {label}, batch {SIMLM_BATCH})": simlm(fp, precision),
-        f"simlm encode_texts + stage.quantize=int8 (batch {SIMLM_BATCH})": simlm(int8, "32-true"),
+        f"simlm encode_texts (precision auto: {label}, batch {SIMLM_BATCH}, CPU token cap)": simlm(
+            fp, precision
+        ),
+        f"simlm encode_texts (precision auto: {label}, batch {SIMLM_BATCH}, no token cap)": simlm(
+            fp, precision, token_cap=False
+        ),
+        f"simlm encode_texts + stage.quantize=int8 (batch {SIMLM_BATCH}, CPU token cap)": simlm(
+            int8, "32-true"
+        ),
     }
 
 

@@ -195,6 +195,34 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
     assert not re.search(r"\| \d+\.\d+ \|$", table, re.MULTILINE)  # seconds print whole
 
 
+def test_the_demo_pipeline_pre_trains_offline_when_rlm_is_a_step(compose, tmp_path, small_beir, tiny_bert):
+    """`stage.steps=[rlm, ...]` on the main job: RLM (or its MLM control) with a generator trained
+    jointly (no hub download), and Retriever 1 starts from its encoder."""
+    work = tmp_path / "work"
+    cfg = compose(
+        "data=beir",
+        f"data.root={small_beir}",
+        "data.name=small",
+        f"model.name_or_path={tiny_bert}",
+        "model.pooling=cls",
+        f"stage.work_dir={work}",
+        "stage.steps=[rlm,bm25,retriever1]",
+        "stage.step_overrides.rlm.trainer.max_steps=2",
+        "stage.step_overrides.rlm.trainer.val_check_interval=2",
+        "++stage.step_overrides.rlm.stage.datamodule.num_eval_samples=16",
+        "++trainer.limit_train_batches=2",
+        output_dir=tmp_path / "run",
+    )
+    run_stage(cfg)
+    rlm = OmegaConf.load(work / "rlm" / "config.yaml")
+    assert rlm.stage.module.generator.name_or_path is None and rlm.stage.module.generator.freeze is False
+    assert rlm.stage.datamodule.max_length == 64 and rlm.model.pooling == "cls"
+    retriever1 = OmegaConf.load(work / "retriever1" / "config.yaml")
+    assert retriever1.model.name_or_path == str(work / "rlm" / "model") and retriever1.model.pooling == "cls"
+    rows = {r["step"]: r for r in json.loads((work / "results.json").read_text())["rows"]}
+    assert "ndcg@10" in rows["retriever1"] and "ndcg@10" in rows["retriever1"]["val"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_the_main_job_runs_and_its_dense_stages_beat_zero_shot(tmp_path, cache_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -10,7 +11,9 @@ from simlm.runtime import (
     Runtime,
     autocast,
     autocast_dtype,
+    batch_token_budget,
     is_main_process,
+    length_sorted_batches,
     parse_precision,
     rank_slice,
     resolve_device,
@@ -79,6 +82,36 @@ def test_rank_slices_are_contiguous_disjoint_cover_everything_and_differ_by_at_m
 def test_rank_slice_rejects_a_rank_outside_the_world():
     with pytest.raises(ValueError, match="outside world size"):
         rank_slice(10, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "max_tokens"), [(1, None), (4, None), (64, None), (8, 100), (64, 40), (3, 1)]
+)
+def test_length_sorted_batches_cover_every_row_once_longest_first_within_both_caps(batch_size, max_tokens):
+    rng = np.random.default_rng(batch_size)
+    lengths = rng.integers(1, 60, size=101)
+    batches = length_sorted_batches(list(lengths), batch_size, max_tokens)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(101))  # every row exactly once
+    assert all(lengths[a] >= lengths[b] for a, b in zip(flat, flat[1:]))  # longest first
+    for idx in batches:
+        assert 1 <= len(idx) <= batch_size
+        padded = len(idx) * int(lengths[idx].max())
+        assert max_tokens is None or padded <= max_tokens or len(idx) == 1  # a too-long row goes alone
+    # greedy: a batch stops early only because the next row would break a cap
+    for idx in batches[:-1]:
+        widened = len(idx) + 1
+        assert widened > batch_size or (max_tokens is not None and widened * lengths[idx].max() > max_tokens)
+    assert length_sorted_batches([], 4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        length_sorted_batches([3], 0)
+
+
+def test_cpu_batches_are_capped_in_tokens_and_gpu_batches_are_not():
+    assert batch_token_budget("cpu") == 8192 and batch_token_budget(torch.device("cuda", 0)) is None
+    # MiniLM at 256 tokens: 128-row batches become 32-row ones on a CPU; short queries keep 128
+    assert {len(b) for b in length_sorted_batches([256] * 128, 128, batch_token_budget("cpu"))} == {32}
+    assert [len(b) for b in length_sorted_batches([40] * 128, 128, batch_token_budget("cpu"))] == [128]
 
 
 def test_runtime_from_config_reads_the_trainer_group(monkeypatch):

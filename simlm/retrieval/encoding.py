@@ -21,7 +21,7 @@ from simlm.models.encoder import (
     tokenize_queries,
 )
 from simlm.progress import progress_bar
-from simlm.runtime import autocast
+from simlm.runtime import autocast, batch_token_budget, length_sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,27 @@ def encode_features(
 ) -> np.ndarray:
     """Encode unpadded features longest-first (little padding) and return float32 rows in input order.
 
+    Batches hold at most `batch_size` rows, and on a CPU at most `simlm.runtime.CPU_BATCH_TOKENS` padded
+    tokens (long passages go in smaller batches, which run faster there).
+
     Autocast follows `precision` (`simlm.runtime.parse_precision`; None: full precision).
     """
     n = len(features["input_ids"])
     out = np.empty((n, embedding_dim(encoder)), dtype=np.float32)
     if n == 0:
         return out
-    lengths = np.fromiter((len(ids) for ids in features["input_ids"]), dtype=np.int64, count=n)
-    order = np.argsort(-lengths, kind="stable")
+    lengths = [len(ids) for ids in features["input_ids"]]
     pad_multiple = 8 if device.type == "cuda" else None  # tensor-core friendly shapes, as SimLM
-    starts = progress_bar(
-        range(0, n, batch_size), "encode queries" if is_query else "encode passages", progress
+    batches = progress_bar(
+        length_sorted_batches(lengths, batch_size, batch_token_budget(device)),
+        "encode queries" if is_query else "encode passages",
+        progress,
     )
     was_training = encoder.training
     encoder.eval()
     try:
         with torch.inference_mode(), autocast(precision, device):
-            for start in starts:
-                idx = order[start : start + batch_size]
+            for idx in batches:
                 batch = tokenizer.pad(
                     {k: [v[i] for i in idx] for k, v in features.items()},
                     return_tensors="pt",

@@ -25,7 +25,15 @@ from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
 from simlm.models.cross_encoder import load_reranker
 from simlm.models.quantize import quantize
 from simlm.progress import progress_bar
-from simlm.runtime import Runtime, autocast, rank, rank_slice, world_size
+from simlm.runtime import (
+    Runtime,
+    autocast,
+    batch_token_budget,
+    length_sorted_batches,
+    rank,
+    rank_slice,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +66,8 @@ def score_texts(
     precision: str | None = None,
     progress: bool | None = None,
 ) -> np.ndarray:
-    """Raw logits `[n]` (float32) of (query, passage) text pairs, in input order; length-sorted batches.
+    """Raw logits `[n]` (float32) of (query, passage) text pairs, in input order; length-sorted batches
+    (on a CPU capped in padded tokens, as `simlm.retrieval.encoding.encode_features`).
 
     Runs in eval mode under `torch.inference_mode` on the model's device (the previous mode is restored),
     under autocast for `precision` (`simlm.runtime`; None: full precision). `progress`: see
@@ -73,14 +82,13 @@ def score_texts(
     device = next(model.parameters()).device
     enc = tokenize_pairs(tokenizer, queries, passages, max_length, pad=False)
     features = {k: list(enc[k]) for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc}
-    lengths = np.fromiter((len(ids) for ids in features["input_ids"]), dtype=np.int64, count=n)
-    order = np.argsort(-lengths, kind="stable")
+    lengths = [len(ids) for ids in features["input_ids"]]
+    batches = length_sorted_batches(lengths, batch_size, batch_token_budget(device))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), autocast(precision, device):
-            for start in progress_bar(range(0, n, batch_size), "score pairs", progress):
-                idx = order[start : start + batch_size]
+            for idx in progress_bar(batches, "score pairs", progress):
                 batch = {k: t.to(device) for k, t in _pad_rows(features, idx, tokenizer.pad_token_id).items()}
                 out[idx] = model(**batch).logits[:, 0].float().cpu().numpy()
     finally:
