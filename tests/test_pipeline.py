@@ -145,15 +145,22 @@ def test_the_main_job_is_the_demo_pipeline_with_cpu_budgets(compose):
     assert set(full.stage.step_overrides) == {"bm25"}
 
 
-def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, small_beir, tiny_bert):
-    """The main job's config end to end (2 training steps per stage, tiny model, small data)."""
-    work = tmp_path / "work"
-    cfg = compose(
+def small_demo(small_beir: Path, tiny_bert: Path, work: Path) -> list[str]:
+    """The main job's overrides for the small BEIR fixture and the tiny model, outputs under `work`."""
+    return [
         "data=beir",
         f"data.root={small_beir}",
         "data.name=small",
         f"model.name_or_path={tiny_bert}",
         f"stage.work_dir={work}",
+    ]
+
+
+def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, small_beir, tiny_bert):
+    """The main job's config end to end (2 training steps per stage, tiny model, small data)."""
+    work = tmp_path / "work"
+    cfg = compose(
+        *small_demo(small_beir, tiny_bert, work),
         "++trainer.limit_train_batches=2",  # epochs end, so the re-ranker's validation runs
         "++trainer.limit_val_batches=2",
         output_dir=tmp_path / "run",
@@ -204,12 +211,8 @@ def test_the_demo_pipeline_pre_trains_offline_when_rlm_is_a_step(compose, tmp_pa
     assert control.stage.step_overrides.rlm.stage.module.objective == "mlm"
     work = tmp_path / "work"
     cfg = compose(
-        "data=beir",
-        f"data.root={small_beir}",
-        "data.name=small",
-        f"model.name_or_path={tiny_bert}",
+        *small_demo(small_beir, tiny_bert, work),
         "model.pooling=cls",
-        f"stage.work_dir={work}",
         "stage.steps=[rlm,bm25,retriever1]",
         "stage.step_overrides.rlm.trainer.max_steps=2",
         "stage.step_overrides.rlm.trainer.val_check_interval=2",
