@@ -206,7 +206,7 @@ def test_the_demo_pipeline_pre_trains_offline_when_rlm_is_a_step(compose, tmp_pa
     """`stage.steps=[rlm, ...]` on the main job: RLM (or its MLM control) with a generator trained
     jointly (no hub download), and Retriever 1 starts from its encoder."""
     control = compose(
-        "stage.steps=[rlm,bm25,retriever1]", "stage.step_overrides.rlm.stage.module.objective=mlm"
+        "stage.steps=[rlm,bm25,retriever1]", "+stage.step_overrides.rlm.stage.module.objective=mlm"
     )
     assert control.stage.step_overrides.rlm.stage.module.objective == "mlm"
     work = tmp_path / "work"
