@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -230,6 +231,67 @@ def test_teacher_file_round_trips_and_follows_the_sampled_groups(
             assert item["scores"] == [teacher[d] for d in group.doc_ids]
             assert item["texts"] == corpus.texts([corpus.row(d) for d in group.doc_ids])
             assert group.doc_ids[0] in ex.positives.doc_ids and len(set(group.doc_ids[1:])) == N_NEG
+
+
+def test_a_blended_teacher_is_the_validated_interpolation_on_the_re_rankers_scale(
+    teacher_run, small_beir, small_beir_bm25, tiny_reranker, tmp_path, cache_dir
+):
+    """stage.interpolation_from: w x re-ranker + b x BM25 + (1 - w - b) x first stage, each z-scored over
+    all pairs, times the logits' sd; checked against the plain teacher file and brute-force BM25."""
+    from simlm.data.dataset import RetrievalData
+    from simlm.retrieval.bm25 import BM25Retriever
+
+    rerank_metrics = tmp_path / "metrics.json"
+
+    def teacher(out: Path, interpolation: dict) -> list[TrainingExample]:
+        rerank_metrics.write_text(json.dumps(interpolation))
+        run_stage(
+            compose_at(
+                out,
+                cache_dir,
+                "stage=teacher_scores",
+                "data=beir",
+                f"data.root={small_beir}",
+                f"stage.model={tiny_reranker}",
+                f"stage.examples_file={small_beir_bm25 / 'train.jsonl'}",
+                f"stage.num_negatives={N_NEG}",
+                f"stage.max_length={MAX_LEN}",
+                f"stage.interpolation_from={rerank_metrics}",
+            )
+        )
+        return read_examples(out / "kd_train.jsonl")
+
+    out = tmp_path / "blended"
+    blended = teacher(out, {"interpolation": {"weight": 0.3, "bm25_weight": 0.2}})
+    source = read_examples(small_beir_bm25 / "train.jsonl")
+    plain = read_examples(teacher_run / "kd_train.jsonl")
+    logits = np.array([s for ex in plain for s in ex.positives.scores + ex.negatives.scores])
+    first = np.array([s for ex in source for s in ex.positives.scores + ex.negatives.scores[:N_NEG]])
+    corpus = RetrievalData(small_beir, layout="beir").corpus
+    index = BM25Retriever().index(corpus)
+    bm25 = np.concatenate(
+        [
+            index.score_pairs(
+                {ex.query_id: ex.query},
+                [(ex.query_id, d) for d in ex.positives.doc_ids + ex.negatives.doc_ids],
+            )
+            for ex in plain
+        ]
+    )
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+
+    expected = logits.std() * (0.3 * z(logits) + 0.2 * z(bm25) + 0.5 * z(first))
+    got = np.array([s for ex in blended for s in ex.positives.scores + ex.negatives.scores])
+    assert got == pytest.approx(expected, abs=2e-4)  # the logits were rounded to 5 decimals
+    assert [ex.negatives.doc_ids for ex in blended] == [ex.negatives.doc_ids for ex in plain]
+    stats = json.loads((out / "metrics.json").read_text())["teacher_scores"]
+    assert stats["weight"] == 0.3 and stats["bm25_weight"] == 0.2
+    # w = 1: the re-ranker's logits themselves; a file without a weight is refused
+    assert teacher(tmp_path / "alone", {"interpolation": {"weight": 1.0}}) == plain
+    with pytest.raises(ValueError, match="no interpolation.weight"):
+        teacher(tmp_path / "bad", {"rerank": {}})
 
 
 # ------------------------------------------------------------------------------------ configs and stage

@@ -292,6 +292,20 @@ def test_validation_wiring_and_the_re_ranker_init(compose, tmp_path):
         _ = PipelineContext(student, ["bm25", "retriever1", "kd_biencoder"]).student_model
     none = compose(f"stage.work_dir={work}", "data.val_split=null")
     assert step_config(none, STEPS["rerank"], PipelineContext(none, ALL_STEPS)).stage.val_run_file is None
+    # the KD teacher: the re-ranker's logits (SimLM), or the interpolation the rerank step validated
+    teacher = STEPS["teacher_scores"]
+    plain = compose("stage=pipeline", f"stage.work_dir={work}")
+    assert step_config(plain, teacher, PipelineContext(plain, ALL_STEPS)).stage.interpolation_from is None
+    blend = compose("stage=pipeline", f"stage.work_dir={work}", "stage.teacher=rerank")
+    blend_cfg = step_config(blend, teacher, PipelineContext(blend, ALL_STEPS))
+    assert blend_cfg.stage.interpolation_from == str(work / "rerank" / "metrics.json")
+    with pytest.raises(ValueError, match=r"stage.teacher=rerank .* rerank is not in stage.steps"):
+        step_config(
+            blend, teacher, PipelineContext(blend, ["bm25", "retriever1", "reranker", "teacher_scores"])
+        )
+    typo = compose("stage=pipeline", f"stage.work_dir={work}", "stage.teacher=ensemble")
+    with pytest.raises(ValueError, match=r"stage.teacher must be 'reranker' or 'rerank', got 'ensemble'"):
+        step_config(typo, teacher, PipelineContext(typo, ALL_STEPS))
 
 
 def _epochs_trained(step_dir: Path) -> int:

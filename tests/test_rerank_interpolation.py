@@ -197,3 +197,98 @@ def test_validation_inputs_are_checked(
     with pytest.raises(ValueError, match=r"stage.interpolation_metric='ndcg@7' is not a metric"):
         run_stage(compose(*base, "stage.interpolation_metric=ndcg@7", output_dir=tmp_path / "m"))
     assert len(calls) == 1  # only the last one got as far as scoring
+
+
+# ------------------------------------------------------------------------------------ BM25 as a third score
+BM25 = {"q1": {"a": 1.0, "b": 0.0, "c": 4.0}, "q2": {"x": 2.0, "y": 2.0}}
+
+
+def brute_force_hybrid(run, ce, bm25, depth, w, b):
+    """Each query's top `depth` by w * z(ce) + b * z(bm25) + (1 - w - b) * z(first stage), ties by doc id."""
+
+    def z(x):
+        x = np.array(x, dtype=float)
+        return (x - x.mean()) / x.std() if x.std() > 0 else np.zeros_like(x)
+
+    out = {}
+    for qid, ranking in run.items():
+        head = ranking[:depth]
+        fused = (
+            w * z([ce[qid][d] for d, _ in head])
+            + b * z([bm25[qid][d] for d, _ in head])
+            + (1 - w - b) * z([s for _, s in head])
+        )
+        order = sorted(range(len(head)), key=lambda i: (-fused[i], head[i][0]))
+        out[qid] = [head[i][0] for i in order] + [d for d, _ in ranking[depth:]]
+    return out
+
+
+@pytest.mark.parametrize(("w", "b"), [(0.0, 0.3), (0.2, 0.5), (0.5, 0.5), (0.7, 0.1)])
+def test_the_bm25_term_is_the_weighted_sum_of_normalised_scores(w, b):
+    got = interpolated_rerank(RUN, CE, depth=3, weight=w, lexical=BM25, lexical_weight=b)
+    assert {q: [d for d, _ in r] for q, r in got.items()} == brute_force_hybrid(RUN, CE, BM25, 3, w, b)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        interpolated_rerank(RUN, CE, depth=3, weight=0.6, lexical=BM25, lexical_weight=0.5)
+
+
+def test_select_weight_over_pairs_breaks_ties_towards_the_smaller_w_then_b():
+    pairs = [(w, b) for w in (0.0, 0.5) for b in (0.0, 0.3)]
+    assert select_weight(lambda wb: 0.5, pairs)[0] == (0.0, 0.0)
+    assert select_weight(lambda wb: wb[1], pairs)[0] == (0.0, 0.3)
+    assert select_weight(lambda wb: wb[0] + wb[1], pairs)[0] == (0.5, 0.3)
+
+
+def test_bm25_pair_scores_are_the_scores_search_gives(small_beir):
+    from simlm.retrieval.bm25 import BM25Retriever
+
+    data = RetrievalData(small_beir, layout="beir")
+    queries = dict(list(data.queries("dev").items())[:10])
+    bm25 = BM25Retriever().index(data.corpus)
+    run = bm25.search(queries, top_k=len(data.corpus))
+    pairs = [(q, d) for q, ranking in run.items() for d, _ in ranking]
+    expected = [s for ranking in run.values() for _, s in ranking]
+    assert bm25.score_pairs(queries, pairs) == pytest.approx(expected, rel=1e-6)
+    unmatched = next(d for d in data.corpus.ids() if d not in dict(run[pairs[0][0]]))
+    assert bm25.score_pairs(queries, [(pairs[0][0], unmatched)]).tolist() == [0.0]  # no shared term
+
+
+def test_bm25_under_a_bad_re_ranker_repairs_a_bad_first_stage(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    """First stage: BM25's top 20 in reverse order. The re-ranker is adversarial (w = 0 on validation);
+    BM25 as the third score gets a weight and lifts both splits; without it nothing changes."""
+    scorer, _ = fake_scorer(small_beir, sign=-1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    from simlm.data.formats import write_run
+
+    runs = {}
+    for split in ("dev", "test"):
+        reversed_run = {
+            q: [(d, float(20 - i)) for i, (d, _) in enumerate(ranking[:20][::-1])]
+            for q, ranking in read_run(small_beir_bm25 / f"{split}.trec").items()
+        }
+        runs[split] = tmp_path / f"{split}.trec"
+        write_run(runs[split], reversed_run)
+    base = (
+        *rerank_overrides(small_beir, small_beir_bm25, tiny_bert)[:-3],
+        f"stage.run_file={runs['test']}",
+        f"stage.val_run_file={runs['dev']}",
+        "stage.depth=20",
+    )
+    out = tmp_path / "hybrid"
+    run_stage(compose(*base, "stage.bm25_weight=validate", output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    block = metrics["interpolation"]
+    assert block["weight"] == 0.0 and block["bm25_weight"] > 0.0
+    assert list(block["grid"])[:2] == ["0.0,0.0", "0.0,0.1"] and "1.0,0.0" in block["grid"]
+    assert "0.6,0.5" not in block["grid"]  # w + b <= 1
+    assert metrics["dev"]["ndcg@10"] > metrics["dev_input"]["ndcg@10"]
+    assert metrics["test"]["ndcg@10"] > metrics["test_input"]["ndcg@10"]
+    assert "BM25 b" not in json.dumps(metrics) and block["chosen_by"] == "validation (dev)"
+    plain = tmp_path / "plain"
+    run_stage(compose(*base, output_dir=plain))
+    plain_block = json.loads((plain / "metrics.json").read_text())["interpolation"]
+    assert plain_block["weight"] == 0.0 and "bm25_weight" not in plain_block
+    assert read_run(plain / "test.trec") == read_run(runs["test"])
+    with pytest.raises(ValueError, match="sum to more than 1"):
+        run_stage(compose(*base, "stage.interpolation=0.8", "stage.bm25_weight=0.5"))

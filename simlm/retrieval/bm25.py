@@ -77,3 +77,21 @@ class BM25Retriever:
                 zip(doc_ids[rows[i][keep]].tolist(), scores[i][keep].astype(float).tolist())
             )
         return run
+
+    def score_pairs(self, queries: dict[str, str], pairs: list[tuple[str, str]]) -> np.ndarray:
+        """BM25 score of each `(query_id, doc_id)` pair (0 where they share no term), as `search` scores it."""
+        if self._corpus is None:
+            raise RuntimeError("call index() before score_pairs()")
+        qids = list(dict.fromkeys(q for q, _ in pairs))
+        tokens = self._tokenizer.tokenize(
+            [queries[q] for q in qids], update_vocab=False, return_as="ids", show_progress=False
+        )
+        by_query = {
+            qid: self._model.get_scores(list(ids)) if len(ids) else None for qid, ids in zip(qids, tokens)
+        }
+        out = np.zeros(len(pairs), dtype=np.float64)
+        for i, (qid, doc_id) in enumerate(pairs):
+            scores = by_query[qid]
+            if scores is not None:
+                out[i] = float(scores[self._corpus.row(doc_id)])
+        return out

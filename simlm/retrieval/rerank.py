@@ -208,6 +208,8 @@ def scores_by_query(pairs: Iterable[tuple[str, str]], scores: Iterable[float]) -
 NORMALIZATIONS = ("zscore", "minmax")
 # the validated interpolation weights of the re-ranker's score: 0 (the first stage alone) to 1 (the re-ranker alone)
 WEIGHTS = tuple(i / 10 for i in range(11))
+# and of BM25's (a hybrid with the first stage, stage.bm25_weight=validate): up to half the final score
+LEXICAL_WEIGHTS = tuple(i / 10 for i in range(6))
 
 
 def normalize_scores(values: Sequence[float], how: str = "zscore") -> np.ndarray:
@@ -225,10 +227,17 @@ def normalize_scores(values: Sequence[float], how: str = "zscore") -> np.ndarray
 
 
 def interpolate_scores(
-    run: Run, scores: dict[str, dict[str, float]], depth: int, weight: float, how: str = "zscore"
+    run: Run,
+    scores: dict[str, dict[str, float]],
+    depth: int,
+    weight: float,
+    how: str = "zscore",
+    lexical: dict[str, dict[str, float]] | None = None,
+    lexical_weight: float = 0.0,
 ) -> dict[str, dict[str, float]]:
-    """`weight x re-ranker + (1 - weight) x first stage` for each query's scored top-`depth` candidates,
-    both scores normalised per query over those candidates (`normalize_scores`)."""
+    """`weight x re-ranker + lexical_weight x BM25 + (1 - weight - lexical_weight) x first stage` for each
+    query's scored top-`depth` candidates, every score normalised per query over those candidates
+    (`normalize_scores`); `lexical` holds the candidates' BM25 scores (needed when `lexical_weight` > 0)."""
     fused: dict[str, dict[str, float]] = {}
     for qid, ranking in run.items():
         scored = scores.get(qid, {})
@@ -237,34 +246,52 @@ def interpolate_scores(
             continue
         first = normalize_scores([s for _, s in head], how)
         second = normalize_scores([scored[d] for d, _ in head], how)
-        mixed = weight * second + (1.0 - weight) * first
+        mixed = weight * second + (1.0 - weight - lexical_weight) * first
+        if lexical_weight:
+            assert lexical is not None, "a lexical weight needs the candidates' BM25 scores"
+            mixed += lexical_weight * normalize_scores([lexical[qid][d] for d, _ in head], how)
         fused[qid] = {d: float(v) for (d, _), v in zip(head, mixed)}
     return fused
 
 
 def interpolated_rerank(
-    run: Run, scores: dict[str, dict[str, float]], depth: int, weight: float, how: str = "zscore"
+    run: Run,
+    scores: dict[str, dict[str, float]],
+    depth: int,
+    weight: float,
+    how: str = "zscore",
+    lexical: dict[str, dict[str, float]] | None = None,
+    lexical_weight: float = 0.0,
 ) -> Run:
-    """The re-ranked run at interpolation `weight`: 0 returns `run` itself (the first stage, unchanged),
-    1 the re-ranker's order and raw scores (`merge_reranked`), anything between the interpolated scores."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"the interpolation weight must be from 0 to 1, got {weight}")
-    if weight == 0.0:
+    """The re-ranked run at interpolation `weight` (and BM25 `lexical_weight`): both 0 return `run` itself
+    (the first stage, unchanged), `weight` 1 the re-ranker's order and raw scores (`merge_reranked`),
+    anything between the interpolated scores (`interpolate_scores`)."""
+    if not (0.0 <= weight <= 1.0 and 0.0 <= lexical_weight <= 1.0 and weight + lexical_weight <= 1.0 + 1e-9):
+        raise ValueError(
+            f"the interpolation weights must be from 0 to 1 and sum to at most 1, got {weight} and {lexical_weight}"
+        )
+    if weight == 0.0 and lexical_weight == 0.0:
         return {qid: list(ranking) for qid, ranking in run.items()}
     if weight == 1.0:
         return merge_reranked(run, scores, depth)
-    return merge_reranked(run, interpolate_scores(run, scores, depth, weight, how), depth)
+    fused = interpolate_scores(run, scores, depth, weight, how, lexical, lexical_weight)
+    return merge_reranked(run, fused, depth)
 
 
 def select_weight(
-    score_of: Callable[[float], float], weights: Sequence[float] = WEIGHTS, tolerance: float = 1e-9
-) -> tuple[float, dict[float, float]]:
+    score_of: Callable[[Any], float], weights: Sequence[Any] = WEIGHTS, tolerance: float = 1e-9
+) -> tuple[Any, dict[Any, float]]:
     """The weight with the best `score_of(weight)` (a validation metric) and every weight's score.
 
-    Weights are tried in ascending order and a later one wins only by more than `tolerance`: ties go to
-    the smaller weight, i.e. towards the first stage, which the re-ranker must beat to move anything.
+    Weights (numbers, or tuples of them compared element by element) are tried in ascending order and a
+    later one wins only by more than `tolerance`: ties go to the smaller weight, i.e. towards the first
+    stage, which the re-ranker must beat to move anything.
     """
-    grid = {float(w): float(score_of(float(w))) for w in sorted(weights)}
+
+    def key(w: Any) -> Any:
+        return tuple(float(x) for x in w) if isinstance(w, tuple) else float(w)
+
+    grid = {key(w): float(score_of(key(w))) for w in sorted(weights)}
     best = None
     for w, value in grid.items():
         if best is None or value > grid[best] + tolerance:

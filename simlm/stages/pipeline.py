@@ -99,6 +99,19 @@ class PipelineContext:
         return ["reranker"]
 
     @property
+    def teacher_blend(self) -> bool:
+        """`stage.teacher=rerank`: the teacher is the rerank step's validated interpolation, not the logits."""
+        teacher = str(self.cfg.stage.get("teacher") or "reranker")
+        if teacher not in ("reranker", "rerank"):
+            raise ValueError(f"stage.teacher must be 'reranker' or 'rerank', got {teacher!r}")
+        if teacher == "rerank" and "rerank" not in self.steps:
+            raise ValueError(
+                f"stage.teacher=rerank blends the scores the rerank step validated, but rerank is not in "
+                f"stage.steps={self.steps}"
+            )
+        return teacher == "rerank"
+
+    @property
     def negatives_step(self) -> str:
         """The retriever whose mined negatives feed the re-ranker and the distillation."""
         return "retriever2" if "retriever2" in self.steps else "retriever1"
@@ -149,6 +162,8 @@ def _teacher_wiring(ctx: PipelineContext) -> list[str]:
     never trained on (stage=teacher_scores checks their records)."""
     models = [str(ctx.out(name) / "model") for name in ctx.teacher_steps]
     wiring = [f"stage.examples_file={_mined(ctx)}"]
+    if ctx.teacher_blend:
+        wiring.append(f"stage.interpolation_from={ctx.out('rerank') / 'metrics.json'}")
     if len(models) == 1:
         return [f"model.name_or_path={models[0]}", *wiring]
     return [f"model.name_or_path={models[0]}", f"stage.cross_fit_models=[{','.join(models)}]", *wiring]
@@ -295,6 +310,8 @@ NEUTRAL_FLAGS = {
     ("stage", "datamodule", "train_fold"): None,
     ("stage", "cross_fit_models"): None,
     ("stage", "budget"): None,
+    ("stage", "bm25_weight"): 0,
+    ("stage", "interpolation_from"): None,
     ("data", "mrr_threshold"): None,
 }
 
@@ -484,7 +501,8 @@ def _label(name: str, metrics: dict[str, Any], ctx: PipelineContext) -> str:
     block = metrics.get("interpolation") or {}
     if "weight" in block:
         where = f"on {block['validation_split']}" if block.get("validation_split") else "fixed"
-        label += f" (w = {float(block['weight']):.1f} {where})"
+        bm25 = f", BM25 b = {float(block['bm25_weight']):.1f}" if "bm25_weight" in block else ""
+        label += f" (w = {float(block['weight']):.1f}{bm25} {where})"
     return label
 
 

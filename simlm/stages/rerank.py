@@ -6,7 +6,10 @@ its original order. `stage.interpolation=validate` (the default) chooses w in 0,
 validation split (`data.val_split`), re-ranking `stage.val_run_file` (the same first stage's run of
 the validation queries) and maximising `stage.interpolation_metric`, ties going to the smaller w: a
 re-ranker that does not beat the first stage on validation gets w = 0 and leaves the run as it is. A
-number fixes w (1: the re-ranker's score alone, SimLM's re-ranking). Writes `<split>.trec` and
+number fixes w (1: the re-ranker's score alone, SimLM's re-ranking). `stage.bm25_weight` adds BM25's score
+of each candidate as a third term, `w x re-ranker + b x BM25 + (1 - w - b) x first stage` (a hybrid of
+the first stage with BM25 under the re-ranker; `validate` chooses b in 0, ..., 0.5 with w, 0 leaves BM25
+out, SimLM's re-ranking). Writes `<split>.trec` and
 `<split>.msmarco.txt` (and the validation split's), and returns the metrics of the re-ranked runs and
 of the input runs (`<split>_input`), and the weight with its validation grid (`interpolation`).
 Several devices: `torchrun --nproc_per_node=N run.py stage=rerank ...`; each rank scores a contiguous
@@ -25,7 +28,9 @@ from simlm.data.dataset import RetrievalData
 from simlm.data.formats import Run, read_run, rerank_candidates
 from simlm.evaluation import evaluate
 from simlm.models.hub import check_model_source
+from simlm.retrieval.bm25 import BM25Retriever
 from simlm.retrieval.rerank import (
+    LEXICAL_WEIGHTS,
     NORMALIZATIONS,
     WEIGHTS,
     interpolated_rerank,
@@ -45,6 +50,7 @@ INTERPOLATION = Check(
     f"'{VALIDATE}' or a number from 0 to 1",
     lambda v: v == VALIDATE or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
 )
+Weights = tuple[float, float]  # (the re-ranker's w, BM25's b)
 
 # checked before the stage runs (simlm.stages.params)
 PARAMS = {
@@ -57,6 +63,7 @@ PARAMS = {
     "batch_size": POSITIVE_INT,
     "tag": TAG,
     "interpolation": INTERPOLATION,
+    "bm25_weight": INTERPOLATION,
     "normalize": one_of(*NORMALIZATIONS),
     "interpolation_metric": NON_EMPTY_TEXT,
 }
@@ -112,15 +119,27 @@ def _validation_inputs(cfg: DictConfig, data: RetrievalData) -> tuple[str, Run, 
     return data.val_split, run_val, queries
 
 
+def _weight_grid(stage: DictConfig) -> list[Weights]:
+    """The (w, b) pairs to validate: each weight's grid where it is `validate`, else its fixed value."""
+    mode, lexical = stage.get("interpolation", VALIDATE), stage.get("bm25_weight", 0)
+    ws = WEIGHTS if mode == VALIDATE else (float(mode),)
+    bs = LEXICAL_WEIGHTS if lexical == VALIDATE else (float(lexical),)
+    grid = [(w, b) for w in ws for b in bs if w + b <= 1.0 + 1e-9]
+    if not grid:
+        raise ValueError(f"stage.interpolation={mode} and stage.bm25_weight={lexical} sum to more than 1")
+    return grid
+
+
 def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
     split, depth = str(stage.split), int(stage.depth)
-    mode = stage.get("interpolation", VALIDATE)
+    mode, lexical_mode = stage.get("interpolation", VALIDATE), stage.get("bm25_weight", 0)
+    validate = VALIDATE in (mode, lexical_mode)
     how = str(stage.get("normalize", "zscore"))
     check_model_source(stage.model, "stage.model")  # before a large corpus is read
     data = RetrievalData.from_config(cfg.data)
     run_in, queries = _read_split_run(str(stage.run_file), data, split, "stage.run_file")
-    val_split, run_val, val_queries = _validation_inputs(cfg, data) if mode == VALIDATE else (None, {}, {})
+    val_split, run_val, val_queries = _validation_inputs(cfg, data) if validate else (None, {}, {})
     candidates = rerank_candidates(run_in, depth)
     val_candidates = rerank_candidates(run_val, depth)
     pairs = [(queries[q], d) for q, d in candidates] + [(val_queries[q], d) for q, d in val_candidates]
@@ -137,24 +156,34 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
         return {}
     scores = scores.tolist()
     by_query = scores_by_query(candidates, scores[: len(candidates)])
+    uses_bm25 = lexical_mode != 0
+    bm25 = BM25Retriever().index(data.corpus) if uses_bm25 else None
+    lexical = scores_by_query(candidates, bm25.score_pairs(queries, candidates)) if bm25 else None
     out_dir, tag = Path(cfg.paths.output_dir), str(stage.get("tag", "rerank"))
     metrics: Metrics = {}
     if val_split is not None:
         val_by_query = scores_by_query(val_candidates, scores[len(candidates) :])
-        weight, grid = _choose_weight(cfg, data, val_split, run_val, val_by_query)
-        reranked_val = interpolated_rerank(run_val, val_by_query, depth, weight, how)
+        val_lexical = (
+            scores_by_query(val_candidates, bm25.score_pairs(val_queries, val_candidates)) if bm25 else None
+        )
+        (weight, lexical_weight), grid = _choose_weights(
+            cfg, data, val_split, run_val, val_by_query, val_lexical
+        )
+        reranked_val = interpolated_rerank(
+            run_val, val_by_query, depth, weight, how, val_lexical, lexical_weight
+        )
         write_run_files(out_dir, val_split, reranked_val, tag=tag)
         metrics[val_split] = evaluate(reranked_val, data, val_split) or {}
         metrics[f"{val_split}_input"] = evaluate(run_val, data, val_split) or {}
     else:
-        weight, grid = float(mode), {}
-    reranked = interpolated_rerank(run_in, by_query, depth, weight, how)
+        (weight, lexical_weight), grid = _weight_grid(stage)[0], {}
+    reranked = interpolated_rerank(run_in, by_query, depth, weight, how, lexical, lexical_weight)
     write_run_files(out_dir, split, reranked, tag=tag)
     after = evaluate(reranked, data, split)
     if after is not None:
         metrics[split] = after
         metrics[f"{split}_input"] = evaluate(run_in, data, split) or {}
-    metrics["interpolation"] = _interpolation_block(cfg, weight, grid, val_split)
+    metrics["interpolation"] = _interpolation_block(cfg, (weight, lexical_weight), grid, val_split, uses_bm25)
     metrics["rerank"] = {
         "pairs": len(pairs),
         "seconds": round(seconds, 3),
@@ -166,16 +195,22 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     return metrics
 
 
-def _choose_weight(
-    cfg: DictConfig, data: RetrievalData, split: str, run_val: Run, scores: dict[str, dict[str, float]]
-) -> tuple[float, dict[float, float]]:
-    """The weight maximising `stage.interpolation_metric` on the validation run (ties: the smaller)."""
+def _choose_weights(
+    cfg: DictConfig,
+    data: RetrievalData,
+    split: str,
+    run_val: Run,
+    scores: dict[str, dict[str, float]],
+    lexical: dict[str, dict[str, float]] | None,
+) -> tuple[Weights, dict[Weights, float]]:
+    """The (w, b) maximising `stage.interpolation_metric` on the validation run (ties: the smaller w, then b)."""
     stage = cfg.stage
     metric = str(stage.get("interpolation_metric", "ndcg@10"))
     depth, how = int(stage.depth), str(stage.get("normalize", "zscore"))
 
-    def score_of(weight: float) -> float:
-        got = evaluate(interpolated_rerank(run_val, scores, depth, weight, how), data, split) or {}
+    def score_of(weights: Weights) -> float:
+        reranked = interpolated_rerank(run_val, scores, depth, weights[0], how, lexical, weights[1])
+        got = evaluate(reranked, data, split) or {}
         if metric not in got:
             raise ValueError(
                 f"stage.interpolation_metric={metric!r} is not a metric of split '{split}' "
@@ -183,31 +218,39 @@ def _choose_weight(
             )
         return float(got[metric])
 
-    weight, grid = select_weight(score_of, WEIGHTS)
-    log.info("interpolation weight %.1f chosen on %s (%s by weight: %s)", weight, split, metric, grid)
-    return weight, grid
+    weights, grid = select_weight(score_of, _weight_grid(stage))
+    log.info("interpolation weights (w, b) %s chosen on %s (%s by weights: %s)", weights, split, metric, grid)
+    return weights, grid
 
 
 def _interpolation_block(
-    cfg: DictConfig, weight: float, grid: dict[float, float], val_split: str | None
+    cfg: DictConfig, weights: Weights, grid: dict[Weights, float], val_split: str | None, uses_bm25: bool
 ) -> dict[str, Any]:
     stage = cfg.stage
     block: dict[str, Any] = {
-        "weight": weight,
+        "weight": weights[0],
         "chosen_by": f"validation ({val_split})" if val_split else "stage.interpolation",
         "normalize": str(stage.get("normalize", "zscore")),
     }
+    if uses_bm25:
+        block["bm25_weight"] = weights[1]
     if grid:
         block["metric"] = str(stage.get("interpolation_metric", "ndcg@10"))
         block["validation_split"] = val_split
-        block["grid"] = {f"{w:.1f}": round(v, 6) for w, v in grid.items()}
+        block["grid"] = {
+            (f"{w:.1f},{b:.1f}" if uses_bm25 else f"{w:.1f}"): round(v, 6) for (w, b), v in grid.items()
+        }
     return block
 
 
 def _describe(block: dict[str, Any]) -> str:
-    """One line: the weight, how it was chosen and the validation grid."""
-    text = f"interpolation weight w = {block['weight']:.1f} of the re-ranker's score, chosen by {block['chosen_by']}"
+    """One line: the weights, how they were chosen and the validation grid."""
+    text = f"interpolation weight w = {block['weight']:.1f} of the re-ranker's score"
+    if "bm25_weight" in block:
+        text += f" and b = {block['bm25_weight']:.1f} of BM25's"
+    text += f", chosen by {block['chosen_by']}"
     if "grid" in block:
         cells = "  ".join(f"{w}: {v:.4f}" for w, v in block["grid"].items())
-        text += f"; {block['metric']} by w: {cells}"
+        by = "(w,b)" if "bm25_weight" in block else "w"
+        text += f"; {block['metric']} by {by}: {cells}"
     return text

@@ -9,10 +9,16 @@ rank scores a contiguous slice of the pairs and rank 0 writes.
 Cross-fitted teachers (`stage.cross_fit_models`: K re-rankers, the i-th trained without fold i of the
 training queries): each example is scored by the re-ranker of its query's fold, so no query is scored
 by a model that trained on it; the models' own records of their training queries are checked first.
+
+A blended teacher (`stage.interpolation_from`: a `stage=rerank` metrics.json): the interpolation that
+re-ranked the validation queries best, `w x re-ranker + b x BM25 + (1 - w - b) x first stage` (the
+examples file's own scores), each standardised over all scored pairs and put back on the re-ranker's
+logit scale, so w = 1 gives the logits themselves (`blend_teacher`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -23,7 +29,8 @@ from simlm.data.dataset import RetrievalData
 from simlm.data.folds import fold_of, read_trained_queries
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
 from simlm.models.hub import check_model_source
-from simlm.retrieval.rerank import load_and_score
+from simlm.retrieval.bm25 import BM25Retriever
+from simlm.retrieval.rerank import load_and_score, normalize_scores
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
 from simlm.stages.params import NON_EMPTY_TEXT, NON_NEGATIVE_INT, PATH, POSITIVE_INT, Check, optional
@@ -42,6 +49,7 @@ PARAMS = {
     "max_length": POSITIVE_INT,
     "batch_size": POSITIVE_INT,
     "out_file": PATH,
+    "interpolation_from": optional(PATH),
     "cross_fit_models": optional(
         Check(
             "a list of at least 2 model folders",
@@ -79,6 +87,33 @@ def cross_fit_assignment(examples: list[TrainingExample], models: list[str]) -> 
                 f"query {ex.query_id!r} is in fold {fold}, but stage.cross_fit_models[{fold}] trained on it"
             )
     return folds
+
+
+def read_interpolation(path: str | Path) -> tuple[float, float]:
+    """The validated `(w, b)` of a `stage=rerank` metrics.json (`interpolation.weight`, `bm25_weight`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage.interpolation_from: no file {path} (a stage=rerank metrics.json)")
+    block = json.loads(path.read_text()).get("interpolation")
+    if not isinstance(block, dict) or "weight" not in block:
+        raise ValueError(
+            f"{path}: no interpolation.weight (stage.interpolation_from needs stage=rerank's metrics)"
+        )
+    return float(block["weight"]), float(block.get("bm25_weight", 0.0))
+
+
+def blend_teacher(
+    reranker: np.ndarray, first: np.ndarray, bm25: np.ndarray | None, weight: float, bm25_weight: float
+) -> np.ndarray:
+    """`sd(reranker) x (w z(reranker) + b z(bm25) + (1 - w - b) z(first))`, z over all pairs: the
+    validated interpolation on the re-ranker's logit scale (w = 1 returns the logits unchanged)."""
+    if weight == 1.0:
+        return reranker
+    mixed = weight * normalize_scores(reranker) + (1.0 - weight - bm25_weight) * normalize_scores(first)
+    if bm25_weight:
+        assert bm25 is not None, "a BM25 weight needs the pairs' BM25 scores"
+        mixed += bm25_weight * normalize_scores(bm25)
+    return float(np.std(reranker)) * mixed
 
 
 def teacher_examples(
@@ -172,6 +207,28 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             scores[rows] = fold_scores
     if not runtime.is_main:
         return {}
+    blend = read_interpolation(stage.interpolation_from) if stage.get("interpolation_from") else (1.0, 0.0)
+    if blend != (1.0, 0.0):
+        weight, bm25_weight = blend
+        first = np.array(
+            [s for ex in examples for s in [*ex.positives.scores, *ex.negatives.scores[:n_neg]]],
+            dtype=np.float64,
+        )
+        bm25 = None
+        if bm25_weight:
+            queries = {ex.query_id: ex.query for ex in examples}
+            id_pairs = [
+                (ex.query_id, d)
+                for ex in examples
+                for d in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
+            ]
+            bm25 = BM25Retriever().index(corpus).score_pairs(queries, id_pairs)
+        scores = blend_teacher(scores, first, bm25, weight, bm25_weight)
+        log.info(
+            "teacher: w = %.1f re-ranker + b = %.1f BM25 + the rest first stage (%s)",
+            *blend,
+            stage.interpolation_from,
+        )
     scored = teacher_examples(examples, scores, n_neg)
     out_file = Path(stage.out_file)
     write_examples(out_file, scored)
@@ -189,6 +246,8 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             "teachers": len(models),
         }
     }
+    if blend != (1.0, 0.0):
+        metrics["teacher_scores"].update(weight=blend[0], bm25_weight=blend[1])
     log.info("teacher scores of %s written to %s", path, out_file)
     teachers = stage.model if len(models) == 1 else f"{len(models)} cross-fitted re-rankers"
     print(format_metrics(metrics, title=f"teacher scores of {path} with {teachers}"))
