@@ -56,10 +56,8 @@ def tiny_reranker(tiny_bert, tmp_path_factory) -> Path:
     return build_tiny_reranker(tiny_bert, tmp_path_factory.mktemp("kd-tiny-reranker"))
 
 
-@pytest.fixture(scope="module")
-def teacher_run(small_beir, small_beir_bm25, tiny_reranker, tmp_path_factory, cache_dir) -> Path:
-    """Output folder of `stage=teacher_scores` on the BM25 training examples (first 10 negatives)."""
-    out = tmp_path_factory.mktemp("teacher")
+def score_teacher(out: Path, cache_dir, small_beir, small_beir_bm25, tiny_reranker, *extra: str) -> Path:
+    """Run `stage=teacher_scores` on the BM25 training examples (first 10 negatives) into `out`."""
     run_stage(
         compose_at(
             out,
@@ -72,9 +70,18 @@ def teacher_run(small_beir, small_beir_bm25, tiny_reranker, tmp_path_factory, ca
             f"stage.num_negatives={N_NEG}",
             f"stage.max_length={MAX_LEN}",
             "stage.batch_size=64",
+            *extra,
         )
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def teacher_run(small_beir, small_beir_bm25, tiny_reranker, tmp_path_factory, cache_dir) -> Path:
+    """Output folder of `stage=teacher_scores` on the BM25 training examples (first 10 negatives)."""
+    return score_teacher(
+        tmp_path_factory.mktemp("teacher"), cache_dir, small_beir, small_beir_bm25, tiny_reranker
+    )
 
 
 # ------------------------------------------------------------------------------------ group sampling
@@ -245,20 +252,8 @@ def test_a_blended_teacher_is_the_validated_interpolation_on_the_re_rankers_scal
 
     def teacher(out: Path, interpolation: dict) -> list[TrainingExample]:
         rerank_metrics.write_text(json.dumps(interpolation))
-        run_stage(
-            compose_at(
-                out,
-                cache_dir,
-                "stage=teacher_scores",
-                "data=beir",
-                f"data.root={small_beir}",
-                f"stage.model={tiny_reranker}",
-                f"stage.examples_file={small_beir_bm25 / 'train.jsonl'}",
-                f"stage.num_negatives={N_NEG}",
-                f"stage.max_length={MAX_LEN}",
-                f"stage.interpolation_from={rerank_metrics}",
-            )
-        )
+        extra = f"stage.interpolation_from={rerank_metrics}"
+        score_teacher(out, cache_dir, small_beir, small_beir_bm25, tiny_reranker, extra)
         return read_examples(out / "kd_train.jsonl")
 
     out = tmp_path / "blended"

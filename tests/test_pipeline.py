@@ -189,14 +189,20 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
     assert rerank.run_file == str(work / "retriever2" / "test.trec")
     assert rerank.val_run_file == str(work / "retriever2" / "dev.trec")
     chosen = json.loads((work / "rerank" / "metrics.json").read_text())["interpolation"]
-    assert chosen["validation_split"] == "dev" and len(chosen["grid"]) == 11
+    # (w, b) pairs: the re-ranker's w in 0..1 and BM25's b in 0..0.5, w + b <= 1
+    assert chosen["validation_split"] == "dev" and len(chosen["grid"]) == 51
+    w, b = chosen["weight"], chosen["bm25_weight"]
     assert (
-        rows["rerank"]["weight"] == chosen["weight"]
-        and f"w = {chosen['weight']:.1f} on dev" in rows["rerank"]["system"]
+        rows["rerank"]["weight"] == w and f"w = {w:.1f}, BM25 b = {b:.1f} on dev" in rows["rerank"]["system"]
     )
     assert rows["rerank"]["val"]["ndcg@10"] >= rows["retriever2"]["val"]["ndcg@10"]
-    if chosen["weight"] == 0.0:
+    if w == b == 0.0:
         assert read_run(work / "rerank" / "test.trec") == read_run(work / "retriever2" / "test.trec")
+    # the KD teacher is that validated blend
+    teacher = OmegaConf.load(work / "teacher_scores" / "config.yaml").stage
+    assert teacher.interpolation_from == str(work / "rerank" / "metrics.json")
+    blend = json.loads((work / "teacher_scores" / "metrics.json").read_text())["teacher_scores"]
+    assert (blend.get("weight", 1.0), blend.get("bm25_weight", 0.0)) == (w, b)
     table = (work / "results.md").read_text()
     assert table.startswith("| step | dev ndcg@10 | dev mrr@10 | dev recall@100 | test ndcg@10 |")
     assert not re.search(r"\| \d+\.\d+ \|$", table, re.MULTILINE)  # seconds print whole
@@ -359,6 +365,9 @@ def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
     assert kd.module.grad_cache == {"query_chunk": 32, "passage_chunk": 64}  # 2 chunks of its 128
     rerank = OmegaConf.load(work / "rerank" / "config.yaml")
     assert rerank.model.name_or_path == str(work / "reranker" / "model")  # trained on every query
+    # BM25 a validated third score; the cross-fitted teachers' logits blended with the weights chosen there
+    assert rerank.stage.bm25_weight == "validate"
+    assert teacher.interpolation_from == str(work / "rerank" / "metrics.json")
 
 
 def test_the_scifact_recipe_is_the_beir_recipe_with_scifact_data(compose):
