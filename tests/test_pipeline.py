@@ -181,6 +181,20 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
         assert rows[step]["val"]["ndcg@10"] == pytest.approx(metrics["dev"]["ndcg@10"]), step
         assert rows[step]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"]), step
         assert (work / step / "dev.trec").is_file()
+    # every row that builds on another step's run is compared with it, per split, on the same queries
+    builds_on = {"retriever1": "zeroshot", "retriever2": "retriever1", "rerank": "retriever2"}
+    builds_on["kd_biencoder"] = "retriever2"  # the demo's student starts from Retriever 2
+    assert {step for step, row in rows.items() if "vs" in row} == set(builds_on)
+    for step, base in builds_on.items():
+        vs = rows[step]["vs"]
+        assert (vs["step"], vs["metric"]) == (base, "ndcg@10")
+        for split, mine, theirs in (
+            ("dev", rows[step]["val"], rows[base]["val"]),
+            ("test", rows[step], rows[base]),
+        ):
+            assert vs[split]["difference"] == pytest.approx(mine["ndcg@10"] - theirs["ndcg@10"], abs=1e-12)
+            assert 0 < vs[split]["p_value"] <= 1 and vs[split]["ci_low"] <= vs[split]["ci_high"]
+    assert "vs retriever2: " in (work / "results.md").read_text()
     assert rows["reranker"]["val"] == {} and "ndcg@10" not in rows["reranker"]  # no test metrics: trains only
     # the re-rank step re-ranks Retriever 2's runs, its weight chosen on dev, never below Retriever 2 there
     reranker = OmegaConf.load(work / "reranker" / "config.yaml")

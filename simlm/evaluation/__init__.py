@@ -11,9 +11,11 @@ from simlm.evaluation.metrics import (
     mrr_threshold,
     trec_metrics,
 )
-from simlm.evaluation.split import evaluate
+from simlm.evaluation.significance import PairedComparison, paired_comparison
+from simlm.evaluation.split import evaluate, per_query, summarize
 
 __all__ = [
+    "PairedComparison",
     "Qrels",
     "Run",
     "SimpleTokenizer",
@@ -25,6 +27,9 @@ __all__ = [
     "mrr_at_k",
     "mrr_threshold",
     "normalize_text",
+    "paired_comparison",
     "parse_answers",
+    "per_query",
+    "summarize",
     "trec_metrics",
 ]

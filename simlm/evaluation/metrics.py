@@ -23,15 +23,23 @@ import pytrec_eval
 from simlm.evaluation.answers import has_answer
 
 __all__ = [
+    "PerQuery",
     "Qrels",
     "Run",
     "answer_accuracy",
+    "answer_hits",
     "check_run_coverage",
     "evaluate_run",
     "mrr_at_k",
     "mrr_threshold",
+    "per_query_metrics",
+    "reciprocal_ranks",
     "trec_metrics",
+    "trec_per_query",
 ]
+
+PerQuery = dict[str, dict[str, float]]
+"""metric -> {qid: the query's value}, for every judged query (0 where the run has no ranking)."""
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,19 @@ def mrr_threshold(qrels: Qrels, setting: int | None = None) -> int:
     return 2 if max_grade >= 3 else 1
 
 
+def reciprocal_ranks(run: Run, qrels: Qrels, k: int = 10, threshold: int | None = None) -> dict[str, float]:
+    """Each judged query's reciprocal rank of its first relevant document within the run's top ``k``
+    (0 if none), relevance and ranking as in :func:`mrr_at_k`."""
+    threshold = mrr_threshold(qrels, threshold)
+    ranks = dict.fromkeys(qrels, 0.0)
+    for qid, judged in qrels.items():
+        for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:k], start=1):
+            if judged.get(doc_id, 0) >= threshold:
+                ranks[qid] = 1.0 / rank
+                break
+    return ranks
+
+
 def mrr_at_k(run: Run, qrels: Qrels, k: int = 10, threshold: int | None = None) -> float:
     """Mean reciprocal rank of the first relevant document within each query's top ``k``, as a fraction.
 
@@ -66,14 +87,7 @@ def mrr_at_k(run: Run, qrels: Qrels, k: int = 10, threshold: int | None = None) 
     """
     if not qrels:
         return 0.0
-    threshold = mrr_threshold(qrels, threshold)
-    total = 0.0
-    for qid, judged in qrels.items():
-        for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:k], start=1):
-            if judged.get(doc_id, 0) >= threshold:
-                total += 1.0 / rank
-                break
-    return total / len(qrels)
+    return sum(reciprocal_ranks(run, qrels, k, threshold).values()) / len(qrels)
 
 
 def _rank_scores(ranking: list[tuple[str, float]], cache: dict[int, list[float]]) -> dict[str, float]:
@@ -94,23 +108,20 @@ def _rank_scores(ranking: list[tuple[str, float]], cache: dict[int, list[float]]
     return by_doc
 
 
-def trec_metrics(
+def trec_per_query(
     run: Run,
     qrels: Qrels,
     ndcg_ks: Sequence[int] = (10,),
     recall_ks: Sequence[int] = (50, 100, 1000),
     map_: bool = True,
-) -> dict[str, float]:
-    """nDCG@k, recall@k and MAP computed by trec_eval (pytrec_eval, relevance level 1).
+) -> PerQuery:
+    """nDCG@k, recall@k and MAP of every judged query, computed by trec_eval (pytrec_eval, relevance
+    level 1); :func:`trec_metrics` averages them.
 
     trec_eval re-sorts each ranking by score (breaking ties by doc id), so the run's scores are replaced by
     rank-derived ones (``len(ranking) - rank``) to make it honour the run's order. nDCG uses the grade as
-    gain. Each metric is averaged over all queries in ``qrels``: a judged query absent from the run (or
-    with an empty ranking) counts as 0 for every metric, and run queries absent from ``qrels`` are ignored.
-
-    Returns:
-        ``{"ndcg@10": ..., "recall@50": ..., "recall@100": ..., "recall@1000": ..., "map": ...}`` for the
-        default arguments (fractions in [0, 1]).
+    gain. A judged query absent from the run (or with an empty ranking, or without judged documents)
+    has 0 for every metric; run queries absent from ``qrels`` are ignored.
     """
     names: dict[str, str] = {}  # pytrec_eval key -> our key
     measures: set[str] = set()
@@ -123,9 +134,9 @@ def trec_metrics(
     if map_:
         measures.add("map")
         names["map"] = "map"
-    totals = dict.fromkeys(names.values(), 0.0)
+    per_query = {key: dict.fromkeys(qrels, 0.0) for key in names.values()}
     if not names or not qrels:
-        return totals
+        return per_query
 
     judged_qrels = {qid: judged for qid, judged in qrels.items() if judged}
     if any(grade < 0 for judged in judged_qrels.values() for grade in judged.values()):
@@ -135,10 +146,42 @@ def trec_metrics(
     trec_run = {qid: _rank_scores(run[qid], score_cache) for qid in judged_qrels if run.get(qid)}
     if trec_run:
         evaluator = pytrec_eval.RelevanceEvaluator(judged_qrels, measures)
-        for per_query in evaluator.evaluate(trec_run).values():
+        for qid, values in evaluator.evaluate(trec_run).items():
             for trec_name, key in names.items():
-                totals[key] += per_query[trec_name]
-    return {key: value / len(qrels) for key, value in totals.items()}
+                per_query[key][qid] = values[trec_name]
+    return per_query
+
+
+def trec_metrics(
+    run: Run,
+    qrels: Qrels,
+    ndcg_ks: Sequence[int] = (10,),
+    recall_ks: Sequence[int] = (50, 100, 1000),
+    map_: bool = True,
+) -> dict[str, float]:
+    """nDCG@k, recall@k and MAP (:func:`trec_per_query`), each averaged over all queries in ``qrels``.
+
+    Returns:
+        ``{"ndcg@10": ..., "recall@50": ..., "recall@100": ..., "recall@1000": ..., "map": ...}`` for the
+        default arguments (fractions in [0, 1]).
+    """
+    per_query = trec_per_query(run, qrels, ndcg_ks, recall_ks, map_)
+    return {key: sum(values.values()) / len(qrels) if qrels else 0.0 for key, values in per_query.items()}
+
+
+def per_query_metrics(
+    run: Run,
+    qrels: Qrels,
+    mrr_k: int = 10,
+    ndcg_ks: Sequence[int] = (10,),
+    recall_ks: Sequence[int] = (50, 100, 1000),
+    map_: bool = True,
+    mrr_threshold: int | None = None,
+) -> PerQuery:
+    """Every :func:`evaluate_run` metric of every judged query (what paired significance tests need)."""
+    per_query: PerQuery = {f"mrr@{mrr_k}": reciprocal_ranks(run, qrels, k=mrr_k, threshold=mrr_threshold)}
+    per_query.update(trec_per_query(run, qrels, ndcg_ks=ndcg_ks, recall_ks=recall_ks, map_=map_))
+    return per_query
 
 
 def evaluate_run(
@@ -153,8 +196,8 @@ def evaluate_run(
     """All ranking metrics for ``run``: ``mrr@{mrr_k}`` (see :func:`mrr_at_k`, relevance from grade
     ``mrr_threshold``, default the MS MARCO rule), the :func:`trec_metrics` keys, and ``num_queries``
     (the number of judged queries every metric is averaged over)."""
-    metrics: dict[str, float] = {f"mrr@{mrr_k}": mrr_at_k(run, qrels, k=mrr_k, threshold=mrr_threshold)}
-    metrics.update(trec_metrics(run, qrels, ndcg_ks=ndcg_ks, recall_ks=recall_ks, map_=map_))
+    per_query = per_query_metrics(run, qrels, mrr_k, ndcg_ks, recall_ks, map_, mrr_threshold)
+    metrics = {key: sum(values.values()) / len(qrels) if qrels else 0.0 for key, values in per_query.items()}
     metrics["num_queries"] = len(qrels)
     return metrics
 
@@ -186,6 +229,28 @@ def check_run_coverage(run: Run, judged: Collection[str], run_name: str, split: 
         )
 
 
+def answer_hits(
+    run: Run,
+    answers: dict[str, list[str]],
+    passage_text: Callable[[str], str],
+    ks: Sequence[int] = (1, 5, 20, 100),
+    regex: bool = False,
+) -> PerQuery:
+    """Per question, ``acc@k`` = 1.0 if some passage among the run's top ``k`` contains an answer (see
+    :func:`answer_accuracy`), else 0.0."""
+    ks = list(ks)
+    hits: PerQuery = {f"acc@{k}": dict.fromkeys(answers, 0.0) for k in ks}
+    depth = max(ks, default=0)
+    for qid, gold in answers.items():
+        for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:depth]):
+            if has_answer(passage_text(doc_id), gold, regex=regex):
+                for k in ks:
+                    if rank < k:
+                        hits[f"acc@{k}"][qid] = 1.0
+                break
+    return hits
+
+
 def answer_accuracy(
     run: Run,
     answers: dict[str, list[str]],
@@ -200,19 +265,5 @@ def answer_accuracy(
     fetched with ``passage_text(doc_id)`` and checked at most once per question, stopping at the first hit
     (and at rank ``max(ks)``). Questions missing from the run count as misses.
     """
-    ks = list(ks)
-    hits = dict.fromkeys(ks, 0)
-    if not answers or not ks:
-        return {f"acc@{k}": 0.0 for k in ks}
-    depth = max(ks)
-    for qid, gold in answers.items():
-        first_hit: int | None = None  # 0-based rank of the first answer-bearing passage
-        for rank, (doc_id, _score) in enumerate(run.get(qid, ())[:depth]):
-            if has_answer(passage_text(doc_id), gold, regex=regex):
-                first_hit = rank
-                break
-        if first_hit is not None:
-            for k in hits:
-                if first_hit < k:
-                    hits[k] += 1
-    return {f"acc@{k}": hits[k] / len(answers) for k in ks}
+    hits = answer_hits(run, answers, passage_text, ks, regex)
+    return {key: sum(values.values()) / len(answers) if answers else 0.0 for key, values in hits.items()}

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from simlm.evaluation.metrics import Run, answer_accuracy, check_run_coverage, evaluate_run, mrr_threshold
+from simlm.evaluation.metrics import (
+    PerQuery,
+    Run,
+    answer_hits,
+    check_run_coverage,
+    mrr_threshold,
+    per_query_metrics,
+)
 
 
-def evaluate(run: Run, data: Any, split: str, run_name: str | None = None) -> dict[str, float] | None:
-    """IR metrics against the split's qrels (with the `mrr_threshold` used), or top-k answer accuracy
-    for QA data; None if unjudged. A run sharing no query with the split raises (`check_run_coverage`).
+def per_query(
+    run: Run, data: Any, split: str, run_name: str | None = None
+) -> tuple[PerQuery, int | None] | None:
+    """`(metric -> {qid: value} over every judged query, the mrr_threshold used or None for QA)`: IR
+    metrics against the split's qrels, or top-k answer accuracy for QA data; None if unjudged. A run
+    sharing no query with the split raises (`check_run_coverage`).
 
     `data` is a `simlm.data.dataset.RetrievalData` (answers, qrels, corpus and `mrr_threshold`).
     """
@@ -18,10 +28,26 @@ def evaluate(run: Run, data: Any, split: str, run_name: str | None = None) -> di
     if answers is not None:
         check_run_coverage(run, answers, run_name, split)
         corpus = data.corpus
-        return answer_accuracy(run, answers, lambda doc_id: corpus[corpus.row(doc_id)].text)
+        return answer_hits(run, answers, lambda doc_id: corpus[corpus.row(doc_id)].text), None
     if not data.has_qrels(split):
         return None
     qrels = data.qrels(split)
     check_run_coverage(run, qrels, run_name, split)
     threshold = mrr_threshold(qrels, data.mrr_threshold)
-    return {**evaluate_run(run, qrels, mrr_threshold=threshold), "mrr_threshold": threshold}
+    return per_query_metrics(run, qrels, mrr_threshold=threshold), threshold
+
+
+def summarize(values: PerQuery, threshold: int | None) -> dict[str, float]:
+    """The means of :func:`per_query`'s values, with `num_queries` and `mrr_threshold` for IR data."""
+    n = len(next(iter(values.values()), {}))
+    metrics = {key: sum(by_query.values()) / n if n else 0.0 for key, by_query in values.items()}
+    if threshold is None:
+        return metrics
+    return {**metrics, "num_queries": n, "mrr_threshold": threshold}
+
+
+def evaluate(run: Run, data: Any, split: str, run_name: str | None = None) -> dict[str, float] | None:
+    """The split's metrics of `run` (:func:`summarize` of :func:`per_query`): IR metrics with
+    `num_queries` and the `mrr_threshold` used, or top-k answer accuracy for QA data; None if unjudged."""
+    scored = per_query(run, data, split, run_name)
+    return None if scored is None else summarize(*scored)

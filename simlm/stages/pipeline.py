@@ -439,6 +439,7 @@ def run(cfg: DictConfig) -> Metrics:
             write_json(step_dir / MARKER, {"hash": digest, "stage": step.stage, "seconds": timings[name]})
         previous = digest
     results = collect_results(ctx, order, timings)
+    compare_with_inputs(ctx, order, results)
     write_results(ctx.work_dir, results, ctx.eval_split, ctx.val_split)
     out_dir = Path(cfg.paths.output_dir)
     if out_dir.resolve() != ctx.work_dir.resolve():
@@ -456,6 +457,7 @@ def run(cfg: DictConfig) -> Metrics:
 
 
 RESULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "acc@20", "acc@100")
+COMPARE_METRICS = ("ndcg@10", "acc@20")  # the first one the rows have is compared with each row's input
 
 
 def _splits_title(split: str, val_split: str | None) -> str:
@@ -490,6 +492,62 @@ def collect_results(
     return rows
 
 
+def input_step(name: str, ctx: PipelineContext) -> str | None:
+    """The step whose run `name` builds on (its row is compared with that row), or None."""
+    student = ctx.cfg.stage.get("student_model")
+    builds_on = {
+        "retriever1": "zeroshot",  # the same init model, before fine-tuning
+        "retriever2": "retriever1",
+        "rerank": ctx.negatives_step,
+        "kd_biencoder": student if student in ("retriever1", "retriever2") else "zeroshot",
+    }
+    return builds_on.get(name)
+
+
+def compare_with_inputs(ctx: PipelineContext, order: list[str], rows: list[dict[str, Any]]) -> None:
+    """Add `vs` to each row that builds on another step's run: per split (validation and eval), the
+    paired comparison of their per-query nDCG@10 (QA: acc@20) on the same queries
+    (`simlm.evaluation.paired_comparison`: mean difference, bootstrap interval, randomisation p-value),
+    so the table says which gains are larger than the split's noise."""
+    from simlm.data.dataset import RetrievalData
+    from simlm.data.formats import read_run
+    from simlm.evaluation import paired_comparison, per_query
+
+    metric = next((m for m in COMPARE_METRICS if any(m in r for r in rows)), None)
+    if metric is None:
+        return
+    splits = [s for s in (ctx.val_split, ctx.eval_split) if s]
+    data = RetrievalData.from_config(ctx.cfg.data)
+    cache: dict[tuple[str, str], dict[str, float] | None] = {}
+
+    def values(step: str, split: str) -> dict[str, float] | None:
+        if (step, split) not in cache:
+            path = ctx.out(step) / f"{split}.trec"
+            scored = per_query(read_run(path), data, split, str(path)) if path.is_file() else None
+            cache[step, split] = scored[0].get(metric) if scored else None
+        return cache[step, split]
+
+    for row in rows:
+        base = input_step(row["step"], ctx)
+        if base not in order:
+            continue
+        vs: dict[str, Any] = {"step": base, "metric": metric}
+        for split in splits:
+            a, b = values(row["step"], split), values(base, split)
+            if a is not None and b is not None:
+                vs[split] = paired_comparison(a, b, seed=int(ctx.cfg.seed)).as_dict()
+        if any(split in vs for split in splits):
+            row["vs"] = vs
+
+
+def _vs_cell(row: dict[str, Any], splits: list[str]) -> str:
+    vs = row.get("vs")
+    if not vs:
+        return ""
+    parts = [f"{vs[s]['difference']:+.4f} (p {vs[s]['p_value']:.2g})" if s in vs else "-" for s in splits]
+    return f"vs {vs['step']}: " + " / ".join(parts)
+
+
 def _label(name: str, metrics: dict[str, Any], ctx: PipelineContext) -> str:
     """The row label; the re-rank row says the interpolation weight and where it was chosen."""
     if name.startswith(FOLD_PREFIX):
@@ -507,14 +565,21 @@ def _label(name: str, metrics: dict[str, Any], ctx: PipelineContext) -> str:
 
 
 def results_table(rows: list[dict[str, Any]], split: str, val_split: str | None) -> str:
-    """Markdown table: the validation split's metrics next to the eval split's, 4 decimals, whole seconds."""
+    """Markdown table: the validation split's metrics next to the eval split's, 4 decimals, whole seconds,
+    and (when rows were compared with their inputs) the paired difference and p-value per split."""
     test_metrics = [m for m in RESULT_METRICS if any(m in r for r in rows)]
     val_metrics = [m for m in RESULT_METRICS if any(m in r["val"] for r in rows)] if val_split else []
     header = [f"{val_split} {m}" for m in val_metrics] + [f"{split} {m}" for m in test_metrics]
+    compared = next((r["vs"] for r in rows if r.get("vs")), None)
+    splits = [s for s in (val_split, split) if s]
+    if compared:
+        header.append(f"{compared['metric']} vs the step it builds on ({' / '.join(splits)}; paired p)")
     lines = ["| step | " + " | ".join(header) + " | seconds |", "|---|" + "---|" * (len(header) + 1)]
     for r in rows:
         cells = [f"{r['val'][m]:.4f}" if m in r["val"] else "" for m in val_metrics]
         cells += [f"{r[m]:.4f}" if m in r else "" for m in test_metrics]
+        if compared:
+            cells.append(_vs_cell(r, splits))
         lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
