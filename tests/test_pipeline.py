@@ -391,3 +391,23 @@ def test_the_scifact_recipe_is_the_beir_recipe_with_scifact_data(compose):
     assert beir.data.val_split == "dev|holdout:0.1"
     assert OmegaConf.to_container(scifact.stage) == OmegaConf.to_container(beir.stage)
     assert scifact.model == beir.model
+
+
+@pytest.mark.parametrize(
+    "student, expected",
+    [("null", "zeroshot"), ("rlm", "zeroshot"), ("retriever1", "retriever1"), ("/some/folder", None)],
+)
+def test_each_row_is_compared_with_the_step_it_builds_on(compose, student, expected):
+    from simlm.stages.pipeline import PipelineContext, input_step
+
+    cfg = compose("stage=pipeline", f"stage.student_model={student}")
+    ctx = PipelineContext(cfg, ["bm25", "zeroshot", "retriever1", "rerank", "kd_biencoder"])
+    assert input_step("kd_biencoder", ctx) == expected
+    assert (
+        input_step("rerank", ctx) == "retriever1"
+    )  # no retriever2 step: the re-rank takes Retriever 1's run
+    assert (input_step("retriever1", ctx), input_step("bm25", ctx), input_step("zeroshot", ctx)) == (
+        "zeroshot",
+        None,
+        None,
+    )

@@ -499,9 +499,12 @@ def input_step(name: str, ctx: PipelineContext) -> str | None:
         "retriever1": "zeroshot",  # the same init model, before fine-tuning
         "retriever2": "retriever1",
         "rerank": ctx.negatives_step,
-        "kd_biencoder": student if student in ("retriever1", "retriever2") else "zeroshot",
     }
-    return builds_on.get(name)
+    if student in ("retriever1", "retriever2"):
+        builds_on["kd_biencoder"] = student
+    elif student in (None, "rlm"):  # the init model, which zero-shot searched with
+        builds_on["kd_biencoder"] = "zeroshot"
+    return builds_on.get(name)  # a student from another folder: no step ran it
 
 
 def compare_with_inputs(ctx: PipelineContext, order: list[str], rows: list[dict[str, Any]]) -> None:
