@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from simlm.data.formats import read_run
 from simlm.stages import run_stage
+from simlm.stages.params import ParamError
 from simlm.stages.pipeline import config_hash
 from tests.conftest import PROJECT_ROOT
 
@@ -411,3 +412,15 @@ def test_each_row_is_compared_with_the_step_it_builds_on(compose, student, expec
         None,
         None,
     )
+
+
+def test_a_teacher_scoring_fewer_negatives_than_the_kd_groups_is_refused(compose, tmp_path):
+    cfg = compose(
+        "stage.step_overrides.kd_biencoder.stage.train_n_passages=16",  # the main job's teacher scores 3
+        f"stage.work_dir={tmp_path / 'work'}",
+    )
+    with pytest.raises(
+        ParamError, match=r"teacher scores 3 negatives .* groups of 16 passages .*num_negatives=15"
+    ):
+        run_stage(cfg)
+    assert not (tmp_path / "work").exists()  # refused before the first step

@@ -395,12 +395,32 @@ def check_step_params(cfg: DictConfig, steps: dict[str, Step], ctx: PipelineCont
     pipeline; the error names the step."""
     from simlm.stages.params import ParamError, check_stage_params
 
+    configs = {}
     for name, step in steps.items():
+        configs[name] = step_config(cfg, step, ctx)
         try:
-            check_stage_params(step_config(cfg, step, ctx))
+            check_stage_params(configs[name])
         except ParamError as e:
             where = f"stage.step_overrides.{name}.{e.key}"
             raise ParamError(f"pipeline step {name}: {e} (the step's {e.key}: set {where})", e.key) from None
+    if "teacher_scores" in configs and "kd_biencoder" in configs:
+        _check_teacher_covers_kd_groups(configs["teacher_scores"], configs["kd_biencoder"])
+
+
+def _check_teacher_covers_kd_groups(teacher: DictConfig, kd: DictConfig) -> None:
+    """The KD step samples groups of `train_n_passages` from the teacher's file: a teacher that scores
+    fewer negatives would make every group repeat them (`fill=repeat`), silently."""
+    from simlm.stages.params import ParamError
+
+    scored, group = teacher.stage.get("num_negatives"), int(kd.stage.train_n_passages)
+    if scored is not None and int(scored) < group - 1:
+        key = "stage.step_overrides.teacher_scores.stage.num_negatives"
+        raise ParamError(
+            f"pipeline: the teacher scores {scored} negatives per query ({key}) but the KD step samples "
+            f"groups of {group} passages ({group - 1} negatives; stage.step_overrides.kd_biencoder.stage."
+            f"train_n_passages): set {key}={group - 1} (or null: all of them)",
+            key,
+        )
 
 
 def run(cfg: DictConfig) -> Metrics:
