@@ -180,3 +180,32 @@ def cfg_overrides(tmp_path) -> list[str]:
         f"stage.run_file={tmp_path / 'bm25' / 'test.trec'}",
         f"stage.baseline_run_file={tmp_path / 'worse.trec'}",
     ]
+
+
+def test_evaluate_stage_compares_qa_runs_by_answer_accuracy(compose, tmp_path):
+    from tests.test_mine_stage import make_qa_dir
+
+    root = make_qa_dir(tmp_path / "qa")
+    good = {
+        "what is the capital of france": [("0", 3.0), ("3", 2.0)],
+        "what is the capital of germany": [("1", 3.0)],
+    }
+    bad = {q: [("1", 1.0)] for q in good}
+    write_run(tmp_path / "good.msmarco.txt", good, "msmarco")  # query ids with spaces: tab-separated
+    write_run(tmp_path / "bad.msmarco.txt", bad, "msmarco")
+    cfg = compose(
+        "stage=evaluate",
+        "data=msmarco",
+        f"data.root={root}",
+        "data.task=qa",
+        "data.eval_split=train",
+        f"stage.run_file={tmp_path / 'good.msmarco.txt'}",
+        f"stage.baseline_run_file={tmp_path / 'bad.msmarco.txt'}",
+        "stage.resamples=500",
+        output_dir=tmp_path / "eval",
+    )
+    run_stage(cfg)
+    comparison = json.loads((tmp_path / "eval" / "metrics.json").read_text())["comparison"]
+    assert {k for k in comparison if k.startswith("acc@")} == {"acc@20", "acc@100"}  # QA's default metrics
+    assert comparison["acc@20"]["difference"] == pytest.approx(0.5)  # france found by one run only
+    assert (comparison["acc@20"]["better"], comparison["acc@20"]["worse"]) == (1, 0)

@@ -44,7 +44,7 @@ class PairedComparison:
         return asdict(self)
 
     def describe(self, name: str = "") -> str:
-        """One line, e.g. `ndcg@10 0.4841 vs 0.4833: +0.0008 [95% CI -0.0110, +0.0127], p = 0.90 (...)`."""
+        """One line, e.g. `ndcg@10 0.4841 vs 0.4833: +0.0008 [95% CI -0.0239, +0.0246], p = 0.953 (...)`."""
         label = f"{name} " if name else ""
         return (
             f"{label}{self.mean_a:.4f} vs {self.mean_b:.4f}: {self.difference:+.4f} "

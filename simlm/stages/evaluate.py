@@ -18,13 +18,19 @@ from simlm.stages.params import PATH, POSITIVE_INT, Check, number, optional
 PARAMS = {
     "run_file": PATH,
     "baseline_run_file": optional(PATH),
-    "compare_metrics": Check(
-        "a non-empty list of metric names",
-        lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(m, str) for m in v),
+    "compare_metrics": optional(
+        Check(
+            "a non-empty list of metric names",
+            lambda v: isinstance(v, list) and len(v) > 0 and all(isinstance(m, str) for m in v),
+        )
     ),
     "resamples": POSITIVE_INT,
     "confidence": Check("a number strictly between 0 and 1", lambda v: number(0, 1).ok(v) and 0 < v < 1),
 }
+
+
+DEFAULT_IR = ("ndcg@10", "mrr@10")  # what stage.compare_metrics=null compares
+DEFAULT_QA = ("acc@20", "acc@100")
 
 
 def _scored(path: str, data: RetrievalData, split: str) -> tuple[dict[str, float], PerQuery]:
@@ -44,7 +50,8 @@ def _comparison(cfg: DictConfig, run_values: PerQuery, base_values: PerQuery) ->
         "test": "paired randomisation (sign flip), two-sided; CI: paired bootstrap percentile",
         "seed": int(cfg.seed),
     }
-    for name in stage.compare_metrics:
+    names = stage.get("compare_metrics") or (DEFAULT_QA if "acc@20" in run_values else DEFAULT_IR)
+    for name in names:
         if name not in run_values:
             raise ValueError(
                 f"stage.compare_metrics: {name!r} is not a metric of this split ({sorted(run_values)})"
