@@ -390,9 +390,9 @@ def pipeline_steps(ctx: PipelineContext) -> dict[str, Step]:
     return steps
 
 
-def check_step_params(cfg: DictConfig, steps: dict[str, Step], ctx: PipelineContext) -> None:
+def check_step_params(cfg: DictConfig, steps: dict[str, Step], ctx: PipelineContext) -> dict[str, DictConfig]:
     """Every step's parameters (`simlm.stages.params`) before the first step runs, not hours into the
-    pipeline; the error names the step."""
+    pipeline; the error names the step. Returns the composed step configs (`step_config`)."""
     from simlm.stages.params import ParamError, check_stage_params
 
     configs = {}
@@ -405,6 +405,7 @@ def check_step_params(cfg: DictConfig, steps: dict[str, Step], ctx: PipelineCont
             raise ParamError(f"pipeline step {name}: {e} (the step's {e.key}: set {where})", e.key) from None
     if "teacher_scores" in configs and "kd_biencoder" in configs:
         _check_teacher_covers_kd_groups(configs["teacher_scores"], configs["kd_biencoder"])
+    return configs
 
 
 def _check_teacher_covers_kd_groups(teacher: DictConfig, kd: DictConfig) -> None:
@@ -436,12 +437,12 @@ def run(cfg: DictConfig) -> Metrics:
     ctx = PipelineContext(cfg, order)
     steps = pipeline_steps(ctx)
     order = list(steps)
-    check_step_params(cfg, steps, ctx)
+    configs = check_step_params(cfg, steps, ctx)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     previous = ""
     timings: dict[str, float] = {}
     for name, step in steps.items():
-        sub = step_config(cfg, step, ctx)
+        sub = configs[name]
         digest = config_hash(sub, previous)
         step_dir = ctx.out(name)
         if _is_complete(step_dir, digest):
