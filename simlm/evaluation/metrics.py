@@ -30,6 +30,7 @@ __all__ = [
     "answer_hits",
     "check_run_coverage",
     "evaluate_run",
+    "means",
     "mrr_at_k",
     "mrr_threshold",
     "per_query_metrics",
@@ -62,6 +63,11 @@ def mrr_threshold(qrels: Qrels, setting: int | None = None) -> int:
         return setting
     max_grade = max((grade for judged in qrels.values() for grade in judged.values()), default=0)
     return 2 if max_grade >= 3 else 1
+
+
+def means(per_query: PerQuery) -> dict[str, float]:
+    """Each metric averaged over its queries (every judged one, see `PerQuery`); 0 without queries."""
+    return {key: sum(values.values()) / len(values) if values else 0.0 for key, values in per_query.items()}
 
 
 def reciprocal_ranks(run: Run, qrels: Qrels, k: int = 10, threshold: int | None = None) -> dict[str, float]:
@@ -166,7 +172,7 @@ def trec_metrics(
         default arguments (fractions in [0, 1]).
     """
     per_query = trec_per_query(run, qrels, ndcg_ks, recall_ks, map_)
-    return {key: sum(values.values()) / len(qrels) if qrels else 0.0 for key, values in per_query.items()}
+    return means(per_query)
 
 
 def per_query_metrics(
@@ -197,7 +203,7 @@ def evaluate_run(
     ``mrr_threshold``, default the MS MARCO rule), the :func:`trec_metrics` keys, and ``num_queries``
     (the number of judged queries every metric is averaged over)."""
     per_query = per_query_metrics(run, qrels, mrr_k, ndcg_ks, recall_ks, map_, mrr_threshold)
-    metrics = {key: sum(values.values()) / len(qrels) if qrels else 0.0 for key, values in per_query.items()}
+    metrics = means(per_query)
     metrics["num_queries"] = len(qrels)
     return metrics
 
@@ -266,4 +272,4 @@ def answer_accuracy(
     (and at rank ``max(ks)``). Questions missing from the run count as misses.
     """
     hits = answer_hits(run, answers, passage_text, ks, regex)
-    return {key: sum(values.values()) / len(answers) if answers else 0.0 for key, values in hits.items()}
+    return means(hits)

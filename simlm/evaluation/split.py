@@ -9,6 +9,7 @@ from simlm.evaluation.metrics import (
     Run,
     answer_hits,
     check_run_coverage,
+    means,
     mrr_threshold,
     per_query_metrics,
 )
@@ -39,11 +40,10 @@ def per_query(
 
 def summarize(values: PerQuery, threshold: int | None) -> dict[str, float]:
     """The means of :func:`per_query`'s values, with `num_queries` and `mrr_threshold` for IR data."""
-    n = len(next(iter(values.values()), {}))
-    metrics = {key: sum(by_query.values()) / n if n else 0.0 for key, by_query in values.items()}
+    metrics = means(values)
     if threshold is None:
         return metrics
-    return {**metrics, "num_queries": n, "mrr_threshold": threshold}
+    return {**metrics, "num_queries": len(next(iter(values.values()), {})), "mrr_threshold": threshold}
 
 
 def evaluate(run: Run, data: Any, split: str, run_name: str | None = None) -> dict[str, float] | None:
