@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -77,6 +78,13 @@ def _child(fn: Callable[[DictConfig], Any], plain: dict[str, Any], rank: int, th
     logging.basicConfig(level=logging.INFO, format=f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     fn(OmegaConf.create(plain))
+    # The work is done and its files are renamed into place. Skip interpreter finalisation: there,
+    # gloo's transport threads can abort the process (SIGABRT, "terminate called without an active
+    # exception") while rank 0 is still leaving the group, which would report a finished rank as failed.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(fn: Callable[[DictConfig], T], cfg: DictConfig) -> T:
