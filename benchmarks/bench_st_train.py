@@ -21,7 +21,9 @@ and searched by the same code (simlm's `dense_retrieve`, exact search over the d
 
 Settings (environment): SIMLM_BENCH_STEPS (3), SIMLM_BENCH_WARMUP (1), SIMLM_BENCH_QUERIES (32),
 SIMLM_BENCH_MAX_LEN (256), SIMLM_BENCH_ROWS (comma-separated row keys; default all),
-SIMLM_BENCH_QUALITY_STEPS (0). `python -m benchmarks st_train`.
+SIMLM_BENCH_QUALITY_STEPS (0), SIMLM_BENCH_QUALITY_ROWS (the rows whose quality is measured; default all:
+the sentence-transformers rows run fp32 on every CPU, so their quality need not be re-measured on each).
+`python -m benchmarks st_train`.
 """
 
 from __future__ import annotations
@@ -289,7 +291,13 @@ def main() -> dict[str, Any]:
     results = {key: run_child(MODULE, {**base, "mode": "time", "row": key}) for key in keys}
     quality: dict[str, dict[str, Any]] = {}
     if QUALITY_STEPS > 0:
-        for key in ["zero_shot", *keys]:
+        wanted = os.environ.get("SIMLM_BENCH_QUALITY_ROWS", ",".join(keys))
+        quality_keys = [k.strip() for k in wanted.split(",") if k.strip()]
+        if set(quality_keys) - set(keys):
+            raise ValueError(
+                f"SIMLM_BENCH_QUALITY_ROWS: {sorted(set(quality_keys) - set(keys))} are not timed rows"
+            )
+        for key in ["zero_shot", *[k for k in keys if k in quality_keys]]:
             quality[key] = run_child(MODULE, {**base, "mode": "quality", "row": key})
 
     ref = statistics.median(results[REFERENCE]["times"]) if REFERENCE in results else None
@@ -332,7 +340,7 @@ def main() -> dict[str, Any]:
     quality_note = (
         f" Dev quality: each row trained {QUALITY_STEPS} steps of the same batch shape on the demo's train "
         "split from the same start, then the demo dev split searched exactly (simlm dense_retrieve) over "
-        "its corpus."
+        "its corpus (rows without dev figures: not measured in this run, SIMLM_BENCH_QUALITY_ROWS)."
         if quality
         else " Dev quality not measured (SIMLM_BENCH_QUALITY_STEPS=0)."
     )
