@@ -258,6 +258,15 @@ def token_lengths(model_path: str, groups: list[dict[str, Any]], max_len: int) -
     return [len(ids) for ids in tokenizer(texts, max_length=max_len, truncation=True)["input_ids"]]
 
 
+def row_keys(variable: str, known: list[str]) -> list[str]:
+    """The comma-separated row keys in environment `variable` (default: all of `known`), checked."""
+    keys = [k.strip() for k in os.environ.get(variable, ",".join(known)).split(",") if k.strip()]
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        raise ValueError(f"{variable}: unknown rows {unknown}; known: {known}")
+    return keys
+
+
 def main() -> dict[str, Any]:
     import torch
     from transformers import AutoConfig
@@ -267,10 +276,7 @@ def main() -> dict[str, Any]:
     model_path = minilm_path()
     precision, path_label = cpu_path("auto")
     data_name, root = training_root()
-    keys = [k.strip() for k in os.environ.get("SIMLM_BENCH_ROWS", ",".join(ROWS)).split(",") if k.strip()]
-    unknown = sorted(set(keys) - set(ROWS))
-    if unknown:
-        raise ValueError(f"SIMLM_BENCH_ROWS: unknown rows {unknown}; known: {list(ROWS)}")
+    keys = row_keys("SIMLM_BENCH_ROWS", list(ROWS))
     base = {
         "model_path": model_path,
         "root": str(root),
@@ -291,12 +297,7 @@ def main() -> dict[str, Any]:
     results = {key: run_child(MODULE, {**base, "mode": "time", "row": key}) for key in keys}
     quality: dict[str, dict[str, Any]] = {}
     if QUALITY_STEPS > 0:
-        wanted = os.environ.get("SIMLM_BENCH_QUALITY_ROWS", ",".join(keys))
-        quality_keys = [k.strip() for k in wanted.split(",") if k.strip()]
-        if set(quality_keys) - set(keys):
-            raise ValueError(
-                f"SIMLM_BENCH_QUALITY_ROWS: {sorted(set(quality_keys) - set(keys))} are not timed rows"
-            )
+        quality_keys = row_keys("SIMLM_BENCH_QUALITY_ROWS", keys)
         for key in ["zero_shot", *[k for k in keys if k in quality_keys]]:
             quality[key] = run_child(MODULE, {**base, "mode": "quality", "row": key})
 

@@ -150,3 +150,15 @@ def test_st_train_rows_and_settings():
     assert ROWS["simlm"].attention_dropout == 0.0 and ROWS["simlm_ckpt_dropout"].attention_dropout is None
     assert simlm_settings(256)["passage_format"] == "concat"
     assert [len(b) for b in batches(list(range(7)), 3)] == [3, 3]
+
+
+def test_st_train_row_lists_default_to_all_and_refuse_unknown_rows(monkeypatch):
+    from benchmarks.bench_st_train import ROWS, row_keys
+
+    monkeypatch.delenv("SIMLM_BENCH_QUALITY_ROWS", raising=False)
+    assert row_keys("SIMLM_BENCH_QUALITY_ROWS", list(ROWS)) == list(ROWS)
+    monkeypatch.setenv("SIMLM_BENCH_QUALITY_ROWS", " simlm, ")
+    assert row_keys("SIMLM_BENCH_QUALITY_ROWS", list(ROWS)) == ["simlm"]
+    monkeypatch.setenv("SIMLM_BENCH_QUALITY_ROWS", "simlm,st_mnrl")
+    with pytest.raises(ValueError, match=r"SIMLM_BENCH_QUALITY_ROWS: unknown rows \['st_mnrl'\]"):
+        row_keys("SIMLM_BENCH_QUALITY_ROWS", ["simlm"])
