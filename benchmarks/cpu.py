@@ -4,7 +4,9 @@ assumed for it, and the FLOPs a transformer encoder spends on real (unpadded) to
 The peak is a paper figure, `cores x clock x FLOP/cycle/core`, with FLOP/cycle from the vector ISA:
 `(vector bits / 32) fp32 lanes x 2 (a fused multiply-add is two FLOPs) x FMA units per core`. The number
 of FMA units cannot be read from /proc/cpuinfo; 2 (AMD Zen 2-4, Intel server cores since Haswell) is
-assumed and `SIMLM_BENCH_FMA_UNITS` overrides it. The clock is the kernel's `cpu MHz` (under a hypervisor
+assumed and `SIMLM_BENCH_FMA_UNITS` overrides it. The bf16 peak: twice the fp32 one with AVX512_BF16 dot
+products; with AMX tiles (`amx_bf16`), Intel's published 1,024 bf16 FLOP/cycle per core (oneDNN runs
+bf16 matmuls on the tiles there, so the vector units' figure would be exceeded). The clock is the kernel's `cpu MHz` (under a hypervisor
 usually the nominal clock, not the boost). `measured_matmul_gflops` gives the achievable figure instead:
 a large fp32 matmul in torch.
 """
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_FMA_UNITS = 2
+AMX_BF16_FLOP_PER_CYCLE = 1024  # per core (Intel: AMX TMUL, Sapphire Rapids and later)
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -88,13 +91,14 @@ def cpu_path(precision: str = "auto") -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class CpuPeak:
-    """A paper peak: `cores x ghz x fp32_flop_per_cycle` (bf16: `bf16_factor` times that)."""
+    """A paper peak: `cores x ghz x fp32_flop_per_cycle` (bf16: `bf16_factor` times that, from `bf16_unit`)."""
 
     cores: int
     ghz: float
     vector_bits: int
     fma_units: int
     bf16_factor: float
+    bf16_unit: str = "AVX512_BF16 dot products"
 
     @property
     def fp32_flop_per_cycle(self) -> int:
@@ -116,7 +120,7 @@ class CpuPeak:
     def describe(self) -> str:
         """The assumption in words, for a benchmark's notes."""
         bf16 = (
-            f"; bf16 peak {self.bf16_gflops:.0f} GFLOP/s ({self.bf16_factor:g}x: AVX512_BF16 dot products)"
+            f"; bf16 peak {self.bf16_gflops:.0f} GFLOP/s ({self.bf16_factor:g}x: {self.bf16_unit})"
             if self.bf16_factor > 1
             else ""
         )
@@ -137,8 +141,16 @@ def peak_from_flags(flags: set[str], cores: int, ghz: float, fma_units: int = DE
         bits = 128
     else:
         bits = 64  # SSE2: 128-bit vectors without FMA
-    bf16_factor = 2.0 if "avx512_bf16" in flags else 1.0
-    return CpuPeak(cores=cores, ghz=ghz, vector_bits=bits, fma_units=fma_units, bf16_factor=bf16_factor)
+    fp32_per_cycle = (bits // 32) * 2 * fma_units
+    if "amx_bf16" in flags:
+        factor, unit = AMX_BF16_FLOP_PER_CYCLE / fp32_per_cycle, "AMX tiles, 1024 bf16 FLOP/cycle/core"
+    elif "avx512_bf16" in flags:
+        factor, unit = 2.0, "AVX512_BF16 dot products"
+    else:
+        factor, unit = 1.0, "no native bf16"
+    return CpuPeak(
+        cores=cores, ghz=ghz, vector_bits=bits, fma_units=fma_units, bf16_factor=factor, bf16_unit=unit
+    )
 
 
 def cpu_peak(cores: int | None = None) -> CpuPeak:

@@ -74,6 +74,10 @@ def test_peak_from_flags():
     assert avx512.gflops("bf16-mixed") == pytest.approx(640.0)
     assert avx512.gflops("32-true") == pytest.approx(320.0)
     assert "FMA units" in avx2.describe()
+    amx = peak_from_flags({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}, cores=2, ghz=2.5)
+    assert amx.fp32_gflops == pytest.approx(320.0)
+    assert amx.gflops("bf16-mixed") == pytest.approx(2 * 2.5 * 1024)  # the tiles, not the vector units
+    assert "AMX" in amx.describe() and "AMX" not in avx512.describe()
 
 
 def test_encoder_flops_by_hand():
