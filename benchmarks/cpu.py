@@ -84,7 +84,12 @@ def cpu_path(precision: str = "auto") -> tuple[str, str]:
     from simlm.runtime import cpu_has_native_bf16, resolve_precision
 
     chosen = resolve_precision(precision, "cpu")
-    label = cpu_path_label(chosen, torch.backends.cpu.get_cpu_capability(), cpu_has_native_bf16())
+    capability = torch.backends.cpu.get_cpu_capability()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if amx is not None and amx():
+        # torch names the vector ISA only; oneDNN runs bf16 matmuls on the tiles
+        capability += " with AMX tiles"
+    label = cpu_path_label(chosen, capability, cpu_has_native_bf16())
     forced = os.environ.get("SIMLM_CPU_BF16", "").strip()
     return chosen, f"{label} [SIMLM_CPU_BF16={forced} overrides the detection]" if forced else label
 
