@@ -176,8 +176,8 @@ def main() -> dict[str, Any]:
         f"(wall time; cpu_s: the process's CPU time, all threads, less sensitive to other load), "
         f"tokenisation included. Useful GFLOP/s: {flops / 1e9:.0f} GFLOP for the corpus (forward FLOPs of "
         f"the real tokens, no padding) / seconds; of_peak against the {peak.describe()} (the int8 row "
-        f"against the fp32 peak, though int8 dot products peak higher); of_matmul against a measured 2048x2048 fp32 matmul "
-        f"({matmul:.0f} GFLOP/s). Load average at the end {os.getloadavg()[0]:.2f}."
+        f"against the fp32 peak, though int8 dot products peak higher); of_matmul against a measured "
+        f"2048x2048 fp32 matmul ({matmul:.0f} GFLOP/s). Load average at the end {os.getloadavg()[0]:.2f}."
     )
     return report(
         "st_encode",

@@ -6,8 +6,8 @@ The peak is a paper figure, `cores x clock x FLOP/cycle/core`, with FLOP/cycle f
 of FMA units cannot be read from /proc/cpuinfo; 2 (AMD Zen 2-4, Intel server cores since Haswell) is
 assumed and `SIMLM_BENCH_FMA_UNITS` overrides it. The bf16 peak: twice the fp32 one with AVX512_BF16 dot
 products; with AMX tiles (`amx_bf16`), Intel's published 1,024 bf16 FLOP/cycle per core (oneDNN runs
-bf16 matmuls on the tiles there, so the vector units' figure would be exceeded). The clock is the kernel's `cpu MHz` (under a hypervisor
-usually the nominal clock, not the boost). `measured_matmul_gflops` gives the achievable figure instead:
+bf16 matmuls on the tiles there, so the vector units' figure would be exceeded). The clock is the
+kernel's `cpu MHz` (under a hypervisor usually the nominal clock, not the boost). `measured_matmul_gflops` gives the achievable figure instead:
 a large fp32 matmul in torch.
 """
 
@@ -148,7 +148,10 @@ def peak_from_flags(flags: set[str], cores: int, ghz: float, fma_units: int = DE
         bits = 64  # SSE2: 128-bit vectors without FMA
     fp32_per_cycle = (bits // 32) * 2 * fma_units
     if "amx_bf16" in flags:
-        factor, unit = AMX_BF16_FLOP_PER_CYCLE / fp32_per_cycle, "AMX tiles, 1024 bf16 FLOP/cycle/core"
+        factor, unit = (
+            AMX_BF16_FLOP_PER_CYCLE / fp32_per_cycle,
+            f"AMX tiles, {AMX_BF16_FLOP_PER_CYCLE} bf16 FLOP/cycle/core",
+        )
     elif "avx512_bf16" in flags:
         factor, unit = 2.0, "AVX512_BF16 dot products"
     else:
