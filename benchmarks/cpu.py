@@ -7,8 +7,8 @@ of FMA units cannot be read from /proc/cpuinfo; 2 (AMD Zen 2-4, Intel server cor
 assumed and `SIMLM_BENCH_FMA_UNITS` overrides it. The bf16 peak: twice the fp32 one with AVX512_BF16 dot
 products; with AMX tiles (`amx_bf16`), Intel's published 1,024 bf16 FLOP/cycle per core (oneDNN runs
 bf16 matmuls on the tiles there, so the vector units' figure would be exceeded). The clock is the
-kernel's `cpu MHz` (under a hypervisor usually the nominal clock, not the boost). `measured_matmul_gflops` gives the achievable figure instead:
-a large fp32 matmul in torch.
+kernel's `cpu MHz` (under a hypervisor usually the nominal clock, not the boost).
+`measured_matmul_gflops` gives the achievable figure instead: a large fp32 matmul in torch.
 """
 
 from __future__ import annotations
@@ -96,14 +96,14 @@ def cpu_path(precision: str = "auto") -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class CpuPeak:
-    """A paper peak: `cores x ghz x fp32_flop_per_cycle` (bf16: `bf16_factor` times that, from `bf16_unit`)."""
+    """A paper peak: `cores x ghz x fp32_flop_per_cycle`; bf16 `bf16_factor` times that (`bf16_unit`)."""
 
     cores: int
     ghz: float
     vector_bits: int
     fma_units: int
     bf16_factor: float
-    bf16_unit: str = "AVX512_BF16 dot products"
+    bf16_unit: str
 
     @property
     def fp32_flop_per_cycle(self) -> int:
