@@ -345,6 +345,29 @@ def test_a_checkpoint_without_mlm_head_gets_a_fresh_one(tiny_bert, tmp_path):
     assert torch.isfinite(head.transform.dense.weight).all() and head.transform.dense.weight.std() > 0
 
 
+def test_head_lr_covers_exactly_the_random_parts(tiny_bert, tmp_path):
+    """`head_lr`: the MLM head weights the checkpoint lacked and a fresh generator; the rest keep `lr`."""
+    from transformers import AutoConfig, BertModel
+
+    from simlm.optim import build_optimizer
+
+    BertModel(AutoConfig.from_pretrained(tiny_bert), add_pooling_layer=False).save_pretrained(tmp_path)
+    module = ReplacedLMModule(str(tmp_path), generator=TRAINED_GENERATOR, lr=1e-5, head_lr=1e-3)
+    fresh = {name for name in module.param_lrs if name.startswith("encoder.")}
+    assert fresh and all(name.startswith("encoder.cls.predictions.") for name in fresh)
+    assert "encoder.cls.predictions.transform.dense.weight" in fresh
+    generator = {f"generator.{name}" for name, _ in module.generator.named_parameters()}
+    assert generator <= set(module.param_lrs)
+    optimizer, _ = build_optimizer(module, 1e-5, 0.0, 1, 10, param_lrs=module.param_lrs)
+    lr_of = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+    params = dict(module.named_parameters())
+    assert lr_of[id(params["encoder.cls.predictions.transform.dense.weight"])] == 1e-3
+    assert lr_of[id(params["encoder.bert.encoder.layer.0.output.dense.weight"])] == 1e-5
+    # a checkpoint with its head and a pretrained generator: nothing is random, nothing gets head_lr
+    whole = ReplacedLMModule(str(tiny_bert), generator={"name_or_path": str(tiny_bert)}, head_lr=1e-3)
+    assert whole.param_lrs == {}
+
+
 # ------------------------------------------------------------------------------------------ stage
 
 

@@ -54,18 +54,28 @@ class GeneratorSettings:
 
 
 def load_mlm(
-    name_or_path: str | Path, attention_dropout: float | None = None, key: str = "model.name_or_path"
-) -> nn.Module:
+    name_or_path: str | Path,
+    attention_dropout: float | None = None,
+    key: str = "model.name_or_path",
+    with_new_weights: bool = False,
+) -> Any:
     """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one.
 
     `attention_dropout`: see `simlm.models.encoder.backbone_config` (None: the checkpoint's).
     `key`: the config key that named the model, for the error when it is neither a folder nor a hub id.
+    `with_new_weights`: return `(model, names)`, the names of the parameters the checkpoint did not hold.
     """
     check_model_source(name_or_path, key)
     from transformers import AutoModelForMaskedLM
 
     config = backbone_config(name_or_path, attention_dropout)
-    return AutoModelForMaskedLM.from_pretrained(str(name_or_path), config=config, dtype=torch.float32)
+    model, info = AutoModelForMaskedLM.from_pretrained(
+        str(name_or_path), config=config, output_loading_info=True, dtype=torch.float32
+    )
+    if not with_new_weights:
+        return model
+    params = {name for name, _ in model.named_parameters()}
+    return model, sorted(set(info.get("missing_keys") or ()) & params)
 
 
 def mlm_head(model: nn.Module) -> nn.Module | None:

@@ -58,6 +58,10 @@ class ReplacedLMModule(pl.LightningModule):
     `objective="mlm"` is the control SimLM's claim is measured against: plain masked language modelling of
     the encoder on the same masked inputs (loss at the masked positions only; no generator, no decoder,
     no [CLS] bottleneck), at the same budget.
+    `head_lr`: peak lr of what starts random: the MLM head's weights the checkpoint lacked (MiniLM has no
+    head) and a fresh generator; default `lr`. With a low `lr`, which keeps an embedding model's weights
+    close to where they started, random heads would otherwise stay random for a short budget, and the
+    encoder would learn from their noise.
     """
 
     def __init__(
@@ -71,13 +75,15 @@ class ReplacedLMModule(pl.LightningModule):
         warmup_type: str = "log",
         attention_dropout: float | None = None,
         objective: str = "rlm",
+        head_lr: float | None = None,
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"stage.module.objective must be one of {OBJECTIVES}, got {objective!r}")
         self.save_hyperparameters()
         self.objective = objective
-        self.encoder = load_mlm(model_name_or_path, attention_dropout)
+        self.encoder, new_weights = load_mlm(model_name_or_path, attention_dropout, with_new_weights=True)
+        self.param_lrs = {f"encoder.{name}": head_lr for name in new_weights} if head_lr else {}
         self.gen_settings = GeneratorSettings.from_dict(generator)
         if objective == "mlm":
             self.decoder = self.generator = None
@@ -91,6 +97,10 @@ class ReplacedLMModule(pl.LightningModule):
                 f"({self.encoder.config.vocab_size}); they must share the tokenizer"
             )
         self.generator.requires_grad_(not self.gen_settings.freeze)
+        if head_lr and self.gen_settings.name_or_path is None:
+            self.param_lrs.update(
+                {f"generator.{name}": head_lr for name, _ in self.generator.named_parameters()}
+            )
         self._generator_types = "token_type_ids" in inspect.signature(self.generator.forward).parameters
         self.train()
 
