@@ -364,9 +364,9 @@ def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
     folds = ["reranker_fold0", "reranker_fold1"]
     assert [r["step"] for r in results["rows"]] == [*ALL_STEPS[:6], *folds, *ALL_STEPS[6:]]
     assert OmegaConf.load(work / "retriever1" / "config.yaml").data.val_split == "dev"
-    # 150 training queries: 4 bi-encoder steps per epoch -> 3 epochs (max_epochs); the re-ranker 18 per
-    # epoch -> 3 epochs (capped), and so its folds
-    assert _epochs_trained(work / "retriever1") == 3
+    # 150 training queries: 4 bi-encoder steps per epoch -> Retriever 1/2 5 epochs and the KD step 3 (their
+    # max_epochs); the re-ranker 18 per epoch -> 3 epochs (capped), and so its folds
+    assert _epochs_trained(work / "retriever1") == 5 and _epochs_trained(work / "kd_biencoder") == 3
     assert _epochs_trained(work / "reranker") == 3 and _epochs_trained(work / "reranker_fold1") == 3
     teacher = OmegaConf.load(work / "teacher_scores" / "config.yaml").stage
     assert list(teacher.cross_fit_models) == [str(work / f / "model") for f in folds]
