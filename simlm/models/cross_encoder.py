@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from simlm.data.tokenization import MAX_LENGTH, passage_text, tokenize_pairs
-from simlm.models.encoder import backbone_config
+from simlm.models.encoder import backbone_config, load_with_new_weights
 from simlm.models.hub import check_model_source
 
 __all__ = ["MAX_LENGTH", "load_reranker", "load_reranker_model", "passage_text", "tokenize_pairs"]
@@ -35,13 +35,8 @@ def load_reranker_model(
 
     config = backbone_config(name_or_path, attention_dropout)
     config.num_labels = 1
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        str(name_or_path), config=config, output_loading_info=True, dtype=torch.float32
-    )
-    if not with_new_weights:
-        return model
-    params = {name for name, _ in model.named_parameters()}
-    return model, sorted(set(info.get("missing_keys") or ()) & params)
+    loaded = load_with_new_weights(AutoModelForSequenceClassification, name_or_path, config)
+    return loaded if with_new_weights else loaded[0]
 
 
 def load_reranker(name_or_path: str, key: str = "model.name_or_path") -> tuple[torch.nn.Module, Any]:

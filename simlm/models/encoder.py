@@ -70,6 +70,18 @@ def backbone_config(name_or_path: str | Path, attention_dropout: float | None = 
     return config
 
 
+def load_with_new_weights(
+    auto_class: Any, name_or_path: str | Path, config: Any
+) -> tuple[nn.Module, list[str]]:
+    """`auto_class.from_pretrained` in float32, and the names of the parameters the checkpoint did not
+    hold (a head it lacked, randomly initialised)."""
+    model, info = auto_class.from_pretrained(
+        str(name_or_path), config=config, output_loading_info=True, dtype=torch.float32
+    )
+    params = {name for name, _ in model.named_parameters()}
+    return model, sorted(set(info.get("missing_keys") or ()) & params)
+
+
 def load_backbone(name_or_path: str | Path, attention_dropout: float | None = None) -> nn.Module:
     """`AutoModel` in float32, without BERT's pooler (unused, and it breaks DDP's unused-parameter check)."""
     from transformers import AutoModel

@@ -12,10 +12,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from simlm.models.encoder import backbone_config
+from simlm.models.encoder import backbone_config, load_with_new_weights
 from simlm.models.hub import check_model_source
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def load_mlm(
     attention_dropout: float | None = None,
     key: str = "model.name_or_path",
     with_new_weights: bool = False,
-) -> Any:
+) -> nn.Module | tuple[nn.Module, list[str]]:
     """`AutoModelForMaskedLM` in float32; a checkpoint without an MLM head (e.g. MiniLM) gets a fresh one.
 
     `attention_dropout`: see `simlm.models.encoder.backbone_config` (None: the checkpoint's).
@@ -68,14 +67,10 @@ def load_mlm(
     check_model_source(name_or_path, key)
     from transformers import AutoModelForMaskedLM
 
-    config = backbone_config(name_or_path, attention_dropout)
-    model, info = AutoModelForMaskedLM.from_pretrained(
-        str(name_or_path), config=config, output_loading_info=True, dtype=torch.float32
+    loaded = load_with_new_weights(
+        AutoModelForMaskedLM, name_or_path, backbone_config(name_or_path, attention_dropout)
     )
-    if not with_new_weights:
-        return model
-    params = {name for name, _ in model.named_parameters()}
-    return model, sorted(set(info.get("missing_keys") or ()) & params)
+    return loaded if with_new_weights else loaded[0]
 
 
 def mlm_head(model: nn.Module) -> nn.Module | None:
