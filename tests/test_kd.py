@@ -289,6 +289,86 @@ def test_a_blended_teacher_is_the_validated_interpolation_on_the_re_rankers_scal
         teacher(tmp_path / "bad", {"rerank": {}})
 
 
+def test_a_cross_fitted_blended_teacher_at_w_0_loads_no_reranker_and_takes_the_recorded_scale(
+    small_beir, small_beir_bm25, tmp_path, cache_dir
+):
+    """Cross-fitted teachers at w = 0 with the rerank step's `reranker_sd`: b x BM25 + (1 - b) x first
+    stage, z-scored over all pairs, times that sd, with no re-ranker loaded (the fold models do not
+    exist); brute-force check. A single re-ranker, or no recorded scale, still needs the model."""
+    from simlm.data.dataset import RetrievalData
+    from simlm.retrieval.bm25 import BM25Retriever
+
+    rerank_metrics = tmp_path / "metrics.json"
+    rerank_metrics.write_text(
+        json.dumps({"interpolation": {"weight": 0.0, "bm25_weight": 0.3}, "rerank": {"reranker_sd": 2.5}})
+    )
+    out = tmp_path / "w0"
+    run_stage(
+        compose_at(
+            out,
+            cache_dir,
+            "stage=teacher_scores",
+            "data=beir",
+            f"data.root={small_beir}",
+            f"stage.cross_fit_models=[{tmp_path / 'no-fold0'},{tmp_path / 'no-fold1'}]",
+            f"stage.examples_file={small_beir_bm25 / 'train.jsonl'}",
+            f"stage.num_negatives={N_NEG}",
+            f"stage.interpolation_from={rerank_metrics}",
+        )
+    )
+    got = read_examples(out / "kd_train.jsonl")
+    source = {ex.query_id: ex for ex in read_examples(small_beir_bm25 / "train.jsonl")}
+    assert [ex.query_id for ex in got] == list(source)
+    first = np.array(
+        [
+            s
+            for ex in got
+            for s in source[ex.query_id].positives.scores + source[ex.query_id].negatives.scores[:N_NEG]
+        ]
+    )
+    index = BM25Retriever().index(RetrievalData(small_beir, layout="beir").corpus)
+    bm25 = np.concatenate(
+        [
+            index.score_pairs(
+                {ex.query_id: ex.query},
+                [(ex.query_id, d) for d in ex.positives.doc_ids + ex.negatives.doc_ids],
+            )
+            for ex in got
+        ]
+    )
+
+    def z(x):
+        return (x - x.mean()) / x.std()
+
+    expected = 2.5 * (0.3 * z(bm25) + 0.7 * z(first))
+    scores = np.array([s for ex in got for s in ex.positives.scores + ex.negatives.scores])
+    assert scores == pytest.approx(expected, abs=1e-4)
+    stats = json.loads((out / "metrics.json").read_text())["teacher_scores"]
+    assert stats["teachers"] == 0 and stats["weight"] == 0.0 and stats["bm25_weight"] == 0.3
+    # a single re-ranker is still loaded (a missing one is an error naming the key), and so are the
+    # fold re-rankers when no scale is recorded
+    for models, key in (
+        (f"stage.model={tmp_path / 'no-reranker'}", "stage.model"),
+        (None, "cross_fit_models"),
+    ):
+        if models is None:
+            rerank_metrics.write_text(json.dumps({"interpolation": {"weight": 0.0, "bm25_weight": 0.3}}))
+            models = f"stage.cross_fit_models=[{tmp_path / 'no-fold0'},{tmp_path / 'no-fold1'}]"
+        with pytest.raises(Exception, match=key):
+            run_stage(
+                compose_at(
+                    tmp_path / "needs-models",
+                    cache_dir,
+                    "stage=teacher_scores",
+                    "data=beir",
+                    f"data.root={small_beir}",
+                    models,
+                    f"stage.examples_file={small_beir_bm25 / 'train.jsonl'}",
+                    f"stage.interpolation_from={rerank_metrics}",
+                )
+            )
+
+
 # ------------------------------------------------------------------------------------ configs and stage
 
 

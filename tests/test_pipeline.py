@@ -356,6 +356,9 @@ def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
         f"stage.work_dir={work}",
         "++trainer.limit_train_batches=2",
         "++trainer.limit_val_batches=2",
+        # a re-ranker weight above 0, so the teacher uses the fold re-rankers (at w = 0 they are skipped:
+        # test_fold_re_rankers_a_w_0_teacher_does_not_use_are_skipped); BM25's weight is still validated
+        "++stage.step_overrides.rerank.stage.interpolation=0.5",
         output_dir=tmp_path / "run",
     )
     run_stage(cfg)
@@ -383,6 +386,49 @@ def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
     # BM25 a validated third score; the cross-fitted teachers' logits blended with the weights chosen there
     assert rerank.stage.bm25_weight == "validate"
     assert teacher.interpolation_from == str(work / "rerank" / "metrics.json")
+
+
+def test_fold_re_rankers_a_w_0_teacher_does_not_use_are_skipped(compose, tmp_path, small_beir, tiny_bert):
+    """The beir recipe with the re-ranker's weight fixed at 0 (BM25's still validated): the rerank step
+    records the re-ranker's scale on the validation queries, the fold re-rankers do not train, the
+    teacher blends BM25 and Retriever 2 on that scale without loading a re-ranker, and KD runs; turning
+    `stage.skip_unused_teachers` off trains the folds on the next run (and redoes nothing else)."""
+
+    def pipeline(*extra: str):
+        cfg = compose(
+            "+experiment=beir_pipeline",
+            f"data.root={small_beir}",
+            "data.name=small",
+            f"model.name_or_path={tiny_bert}",
+            f"stage.work_dir={work}",
+            "++trainer.limit_train_batches=2",
+            "++trainer.limit_val_batches=2",
+            "++stage.step_overrides.rerank.stage.interpolation=0",
+            *extra,
+            output_dir=tmp_path / "run",
+        )
+        run_stage(cfg)
+
+    work = tmp_path / "work"
+    folds = ["reranker_fold0", "reranker_fold1"]
+    pipeline()
+    rerank = json.loads((work / "rerank" / "metrics.json").read_text())
+    assert rerank["interpolation"]["weight"] == 0.0 and rerank["rerank"]["reranker_sd"] > 0
+    for fold in folds:
+        marker = json.loads((work / fold / ".complete.json").read_text())
+        assert "w = 0" in marker["skipped"] and not (work / fold / "model").exists()
+    rows = [r["step"] for r in json.loads((work / "results.json").read_text())["rows"]]
+    assert rows == ALL_STEPS  # no row for a step that did not run
+    stats = json.loads((work / "teacher_scores" / "metrics.json").read_text())["teacher_scores"]
+    assert stats["teachers"] == 0 and stats["weight"] == 0.0
+    assert (work / "kd_biencoder" / "model").is_dir()
+    kd_marker = (work / "kd_biencoder" / ".complete.json").read_text()
+    pipeline("stage.skip_unused_teachers=false")
+    assert all((work / fold / "model").is_dir() for fold in folds)
+    # the teacher does not depend on the folds at w = 0: teacher scores and KD are not redone
+    stats = json.loads((work / "teacher_scores" / "metrics.json").read_text())["teacher_scores"]
+    assert stats["teachers"] == 0
+    assert (work / "kd_biencoder" / ".complete.json").read_text() == kd_marker
 
 
 def test_the_scifact_recipe_is_the_beir_recipe_with_scifact_data(compose):

@@ -2,7 +2,7 @@
 
 [rlm ->] bm25 -> zero-shot -> retriever1 (BM25 negatives, mines) -> retriever2 (mined negatives, mines)
 -> reranker (retriever2's negatives) -> rerank (retriever2's run) [-> reranker_fold0..K-1, cross-fitted
-teachers] -> teacher_scores -> kd_biencoder.
+teachers, skipped when the blended teacher gives them w = 0] -> teacher_scores -> kd_biencoder.
 
 Every step is a normal stage run composed from `conf/run.yaml` (`stage=<its stage>`) with the
 pipeline's own `data`, `model`, `trainer` and `logger`, written into `<work_dir>/<step>/`. A finished
@@ -353,9 +353,27 @@ def _drop(tree: Any, path: tuple[str, ...], neutral: Any) -> Any:
     return {**tree, path[0]: _drop(tree[path[0]], path[1:], neutral)}
 
 
-def _is_complete(step_dir: Path, digest: str) -> bool:
+def _is_complete(step_dir: Path, digest: str, skipped: bool = False) -> bool:
+    """The step finished with this config hash, and was skipped (`unused_teacher`) only if it still is."""
     marker = step_dir / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("hash") == digest
+    if not marker.is_file():
+        return False
+    done = json.loads(marker.read_text())
+    return done.get("hash") == digest and ("skipped" in done) == skipped
+
+
+def unused_teacher(name: str, ctx: PipelineContext) -> str | None:
+    """Why fold re-ranker `name` need not train: the blended teacher gives re-rankers the weight the
+    rerank step validated, and at w = 0 only their logit scale would be used, which that step recorded
+    (`rerank.reranker_sd`) on queries no re-ranker trained on. None: it trains."""
+    if not (name.startswith(FOLD_PREFIX) and ctx.teacher_blend and ctx.cfg.stage.get("skip_unused_teachers")):
+        return None
+    path = ctx.out("rerank") / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    weight = (metrics.get("interpolation") or {}).get("weight")
+    if weight == 0.0 and (metrics.get("rerank") or {}).get("reranker_sd"):
+        return f"the rerank step gave the re-ranker w = 0 ({path}), so the KD teacher does not use its logits"
+    return None
 
 
 def resolve_val_split(cfg: DictConfig) -> None:
@@ -445,7 +463,8 @@ def run(cfg: DictConfig) -> Metrics:
         sub = configs[name]
         digest = config_hash(sub, previous)
         step_dir = ctx.out(name)
-        if _is_complete(step_dir, digest):
+        unused = unused_teacher(name, ctx)
+        if _is_complete(step_dir, digest, skipped=unused is not None):
             log.info("pipeline: %s already complete with this config, skipped", name)
             timings[name] = json.loads((step_dir / MARKER).read_text()).get("seconds", 0.0)
         else:
@@ -453,11 +472,17 @@ def run(cfg: DictConfig) -> Metrics:
                 shutil.rmtree(step_dir)
             step_dir.mkdir(parents=True)
             (step_dir / "config.yaml").write_text(OmegaConf.to_yaml(sub))
-            log.info("pipeline: running %s (stage=%s) in %s", name, step.stage, step_dir)
-            started = time.perf_counter()
-            run_stage(sub)
-            timings[name] = time.perf_counter() - started
-            write_json(step_dir / MARKER, {"hash": digest, "stage": step.stage, "seconds": timings[name]})
+            marker = {"hash": digest, "stage": step.stage, "seconds": 0.0}
+            if unused is not None:
+                log.info("pipeline: %s not run: %s", name, unused)
+                marker["skipped"] = unused
+            else:
+                log.info("pipeline: running %s (stage=%s) in %s", name, step.stage, step_dir)
+                started = time.perf_counter()
+                run_stage(sub)
+                marker["seconds"] = time.perf_counter() - started
+            timings[name] = marker["seconds"]
+            write_json(step_dir / MARKER, marker)
         previous = digest
     results = collect_results(ctx, order, timings)
     compare_with_inputs(ctx, order, results)
@@ -493,10 +518,13 @@ def collect_results(
     A training step's validation metrics are its final retrieval of the validation split; the
     re-ranker's training step has no retrieval of its own, so its row holds its validation re-ranking
     (`val` block of its metrics) and no eval-split metrics. Steps without metrics (teacher scores) keep
-    their row for the time they took.
+    their row for the time they took; skipped ones (`unused_teacher`) have none.
     """
     rows = []
     for name in order:
+        marker = ctx.out(name) / MARKER
+        if marker.is_file() and "skipped" in json.loads(marker.read_text()):
+            continue  # a fold re-ranker the teacher did not need (unused_teacher)
         path = ctx.out(name) / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         test = metrics.get(ctx.eval_split) or {}

@@ -11,7 +11,8 @@ of each candidate as a third term, `w x re-ranker + b x BM25 + (1 - w - b) x fir
 the first stage with BM25 under the re-ranker; `validate` chooses b in 0, ..., 0.5 with w, 0 leaves BM25
 out, SimLM's re-ranking). Writes `<split>.trec` and
 `<split>.msmarco.txt` (and the validation split's), and returns the metrics of the re-ranked runs and
-of the input runs (`<split>_input`), and the weight with its validation grid (`interpolation`).
+of the input runs (`<split>_input`), the weight with its validation grid (`interpolation`), and the
+re-ranker's score sd over the validation pairs (`rerank.reranker_sd`: a blended KD teacher's scale).
 Several devices: `torchrun --nproc_per_node=N run.py stage=rerank ...`; each rank scores a contiguous
 slice of the pairs, rank 0 merges and writes.
 """
@@ -22,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig
 
 from simlm.data.dataset import RetrievalData
@@ -184,10 +186,16 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
         metrics[split] = after
         metrics[f"{split}_input"] = evaluate(run_in, data, split) or {}
     metrics["interpolation"] = _interpolation_block(cfg, (weight, lexical_weight), grid, val_split, uses_bm25)
+    # the re-ranker's logit scale on queries it never trained on (validation, else the evaluated split):
+    # a blended KD teacher that gives the re-ranker w = 0 uses it instead of computing any logits
+    unseen = (
+        scores[len(candidates) :] if val_split is not None and val_candidates else scores[: len(candidates)]
+    )
     metrics["rerank"] = {
         "pairs": len(pairs),
         "seconds": round(seconds, 3),
         "pairs_per_s": round(len(pairs) / seconds, 1) if seconds > 0 else 0.0,
+        "reranker_sd": round(float(np.std(unseen)), 6) if unseen else 0.0,
     }
     shown = {k: v for k, v in metrics.items() if k != "interpolation"}
     print(format_metrics(shown, title=f"re-rank top {depth} of {stage.run_file} with {stage.model}"))

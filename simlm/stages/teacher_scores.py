@@ -13,7 +13,10 @@ by a model that trained on it; the models' own records of their training queries
 A blended teacher (`stage.interpolation_from`: a `stage=rerank` metrics.json): the interpolation that
 re-ranked the validation queries best, `w x re-ranker + b x BM25 + (1 - w - b) x first stage` (the
 examples file's own scores), each standardised over all scored pairs and put back on the re-ranker's
-logit scale, so w = 1 gives the logits themselves (`blend_teacher`).
+logit scale, so w = 1 gives the logits themselves (`blend_teacher`). When validation gave cross-fitted
+re-rankers w = 0, their logits would only set that scale, their sd on queries they never saw: no
+re-ranker is loaded and the scale is the one the rerank step measured on the validation queries
+(`rerank.reranker_sd`), which no re-ranker trained on either.
 """
 
 from __future__ import annotations
@@ -91,29 +94,58 @@ def cross_fit_assignment(examples: list[TrainingExample], models: list[str]) -> 
 
 def read_interpolation(path: str | Path) -> tuple[float, float]:
     """The validated `(w, b)` of a `stage=rerank` metrics.json (`interpolation.weight`, `bm25_weight`)."""
+    block = _interpolation_block(path)
+    return float(block["weight"]), float(block.get("bm25_weight", 0.0))
+
+
+def read_reranker_scale(path: str | Path) -> float | None:
+    """The re-ranker's score sd on unseen queries that a `stage=rerank` metrics.json records
+    (`rerank.reranker_sd`), if any."""
+    scale = (_rerank_metrics(path).get("rerank") or {}).get("reranker_sd")
+    return float(scale) if scale else None
+
+
+def _rerank_metrics(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage.interpolation_from: no file {path} (a stage=rerank metrics.json)")
-    block = json.loads(path.read_text()).get("interpolation")
+    return json.loads(path.read_text())
+
+
+def _interpolation_block(path: str | Path) -> dict:
+    block = _rerank_metrics(path).get("interpolation")
     if not isinstance(block, dict) or "weight" not in block:
         raise ValueError(
             f"{path}: no interpolation.weight (stage.interpolation_from needs stage=rerank's metrics)"
         )
-    return float(block["weight"]), float(block.get("bm25_weight", 0.0))
+    return block
 
 
 def blend_teacher(
-    reranker: np.ndarray, first: np.ndarray, bm25: np.ndarray | None, weight: float, bm25_weight: float
+    reranker: np.ndarray | None,
+    first: np.ndarray,
+    bm25: np.ndarray | None,
+    weight: float,
+    bm25_weight: float,
+    scale: float | None = None,
 ) -> np.ndarray:
-    """`sd(reranker) x (w z(reranker) + b z(bm25) + (1 - w - b) z(first))`, z over all pairs: the
-    validated interpolation on the re-ranker's logit scale (w = 1 returns the logits unchanged)."""
+    """`s x (w z(reranker) + b z(bm25) + (1 - w - b) z(first))`, z over all pairs: the validated
+    interpolation on the re-ranker's logit scale `s` (default `sd(reranker)`; w = 1 returns the logits
+    unchanged). With w = 0 the logits may be None and `scale` is required."""
     if weight == 1.0:
+        assert reranker is not None, "w = 1 is the re-ranker's logits"
         return reranker
-    mixed = weight * normalize_scores(reranker) + (1.0 - weight - bm25_weight) * normalize_scores(first)
+    mixed = (1.0 - weight - bm25_weight) * normalize_scores(first)
+    if weight:
+        assert reranker is not None, "a re-ranker weight needs its logits"
+        mixed += weight * normalize_scores(reranker)
     if bm25_weight:
         assert bm25 is not None, "a BM25 weight needs the pairs' BM25 scores"
         mixed += bm25_weight * normalize_scores(bm25)
-    return float(np.std(reranker)) * mixed
+    if scale is None:
+        assert reranker is not None, "the teacher's scale is the logits' sd unless given"
+        scale = float(np.std(reranker))
+    return scale * mixed
 
 
 def teacher_examples(
@@ -151,7 +183,14 @@ def run(cfg: DictConfig) -> Metrics:
 
 def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
-    models = list(stage.get("cross_fit_models") or [str(stage.model)])
+    blend_from = stage.get("interpolation_from")
+    blend = read_interpolation(blend_from) if blend_from else (1.0, 0.0)
+    # cross-fitted at w = 0: the fold re-rankers' logits would only set the blend's scale, their sd on
+    # queries they never saw, which the rerank step measured on the validation queries. (A single
+    # re-ranker scores queries it trained on, a sharper scale: its logits are still computed.)
+    crossed = bool(stage.get("cross_fit_models"))
+    scale = read_reranker_scale(blend_from) if crossed and blend_from and blend[0] == 0.0 else None
+    models = [] if scale is not None else list(stage.get("cross_fit_models") or [str(stage.model)])
     keys = (
         [f"stage.cross_fit_models[{i}]" for i in range(len(models))] if len(models) > 1 else ["stage.model"]
     )
@@ -178,6 +217,8 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
         for ex in examples
         for doc_id in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
     ]
+    if scale is not None:
+        log.info("teacher: the re-ranker's validated weight is 0, no logits computed (scale %.4f)", scale)
     owner = cross_fit_assignment(examples, models) if len(models) > 1 else [0] * len(examples)
     pair_owner = np.array(
         [
@@ -207,7 +248,6 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             scores[rows] = fold_scores
     if not runtime.is_main:
         return {}
-    blend = read_interpolation(stage.interpolation_from) if stage.get("interpolation_from") else (1.0, 0.0)
     if blend != (1.0, 0.0):
         weight, bm25_weight = blend
         first = np.array(
@@ -223,11 +263,11 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
                 for d in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
             ]
             bm25 = BM25Retriever().index(corpus).score_pairs(queries, id_pairs)
-        scores = blend_teacher(scores, first, bm25, weight, bm25_weight)
+        scores = blend_teacher(scores if models else None, first, bm25, weight, bm25_weight, scale)
         log.info(
             "teacher: w = %.1f re-ranker + b = %.1f BM25 + the rest first stage (%s)",
             *blend,
-            stage.interpolation_from,
+            blend_from,
         )
     scored = teacher_examples(examples, scores, n_neg)
     out_file = Path(stage.out_file)
@@ -249,6 +289,8 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     if blend != (1.0, 0.0):
         metrics["teacher_scores"].update(weight=blend[0], bm25_weight=blend[1])
     log.info("teacher scores of %s written to %s", path, out_file)
-    teachers = stage.model if len(models) == 1 else f"{len(models)} cross-fitted re-rankers"
+    teachers = {0: "no re-ranker (w = 0)", 1: stage.model}.get(
+        len(models), f"{len(models)} cross-fitted re-rankers"
+    )
     print(format_metrics(metrics, title=f"teacher scores of {path} with {teachers}"))
     return metrics
