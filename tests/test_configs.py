@@ -114,11 +114,17 @@ def _leaves(tree: dict, prefix: str = ""):
 
 
 def test_pipeline_steps_share_one_block(compose):
-    for cfg in (compose(), compose("+experiment=scifact_pipeline", "data.root=x")):
+    # the BEIR recipe's KD step adds one key to the shared module block: kd_alpha 1.0 (chosen on validation)
+    for cfg, kd_module_extra in (
+        (compose(), {}),
+        (compose("+experiment=scifact_pipeline", "data.root=x"), {"kd_alpha": 1.0}),
+    ):
         steps = cfg.stage.step_overrides
         assert steps.retriever1 == steps.retriever2
-        for key in ("monitor", "module", "datamodule", "final_eval"):
+        for key in ("monitor", "datamodule", "final_eval"):
             assert steps.kd_biencoder.stage[key] == steps.retriever1.stage[key], key
+        kd_module = OmegaConf.to_container(steps.kd_biencoder.stage.module)
+        assert kd_module == {**OmegaConf.to_container(steps.retriever1.stage.module), **kd_module_extra}
         assert steps.kd_biencoder.trainer == steps.retriever1.trainer
         assert steps.kd_biencoder.stage.train_n_passages != steps.retriever1.stage.train_n_passages
 

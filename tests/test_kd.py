@@ -17,6 +17,7 @@ from simlm.data.formats import ScoredDocs, TrainingExample, read_examples
 from simlm.data.sampling import sample_group
 from simlm.models.cross_encoder import load_reranker, passage_text
 from simlm.models.encoder import RetrievalSettings, load_tokenizer, tokenize_passages, tokenize_queries
+from simlm.models.hub import ModelSourceError
 from simlm.modules.biencoder import BiEncoderModule
 from simlm.retrieval.rerank import score_texts
 from simlm.stages import run_stage
@@ -240,14 +241,32 @@ def test_teacher_file_round_trips_and_follows_the_sampled_groups(
             assert group.doc_ids[0] in ex.positives.doc_ids and len(set(group.doc_ids[1:])) == N_NEG
 
 
+def _pair_bm25(examples: list[TrainingExample], root: Path) -> np.ndarray:
+    """Brute-force BM25 of every (query, positive or negative) pair of `examples`, in file order."""
+    from simlm.data.dataset import RetrievalData
+    from simlm.retrieval.bm25 import BM25Retriever
+
+    index = BM25Retriever().index(RetrievalData(root, layout="beir").corpus)
+    return np.concatenate(
+        [
+            index.score_pairs(
+                {ex.query_id: ex.query},
+                [(ex.query_id, d) for d in ex.positives.doc_ids + ex.negatives.doc_ids],
+            )
+            for ex in examples
+        ]
+    )
+
+
+def _z(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / x.std()
+
+
 def test_a_blended_teacher_is_the_validated_interpolation_on_the_re_rankers_scale(
     teacher_run, small_beir, small_beir_bm25, tiny_reranker, tmp_path, cache_dir
 ):
     """stage.interpolation_from: w x re-ranker + b x BM25 + (1 - w - b) x first stage, each z-scored over
     all pairs, times the logits' sd; checked against the plain teacher file and brute-force BM25."""
-    from simlm.data.dataset import RetrievalData
-    from simlm.retrieval.bm25 import BM25Retriever
-
     rerank_metrics = tmp_path / "metrics.json"
 
     def teacher(out: Path, interpolation: dict) -> list[TrainingExample]:
@@ -262,22 +281,8 @@ def test_a_blended_teacher_is_the_validated_interpolation_on_the_re_rankers_scal
     plain = read_examples(teacher_run / "kd_train.jsonl")
     logits = np.array([s for ex in plain for s in ex.positives.scores + ex.negatives.scores])
     first = np.array([s for ex in source for s in ex.positives.scores + ex.negatives.scores[:N_NEG]])
-    corpus = RetrievalData(small_beir, layout="beir").corpus
-    index = BM25Retriever().index(corpus)
-    bm25 = np.concatenate(
-        [
-            index.score_pairs(
-                {ex.query_id: ex.query},
-                [(ex.query_id, d) for d in ex.positives.doc_ids + ex.negatives.doc_ids],
-            )
-            for ex in plain
-        ]
-    )
-
-    def z(x):
-        return (x - x.mean()) / x.std()
-
-    expected = logits.std() * (0.3 * z(logits) + 0.2 * z(bm25) + 0.5 * z(first))
+    bm25 = _pair_bm25(plain, small_beir)
+    expected = logits.std() * (0.3 * _z(logits) + 0.2 * _z(bm25) + 0.5 * _z(first))
     got = np.array([s for ex in blended for s in ex.positives.scores + ex.negatives.scores])
     assert got == pytest.approx(expected, abs=2e-4)  # the logits were rounded to 5 decimals
     assert [ex.negatives.doc_ids for ex in blended] == [ex.negatives.doc_ids for ex in plain]
@@ -295,27 +300,25 @@ def test_a_cross_fitted_blended_teacher_at_w_0_loads_no_reranker_and_takes_the_r
     """Cross-fitted teachers at w = 0 with the rerank step's `reranker_sd`: b x BM25 + (1 - b) x first
     stage, z-scored over all pairs, times that sd, with no re-ranker loaded (the fold models do not
     exist); brute-force check. A single re-ranker, or no recorded scale, still needs the model."""
-    from simlm.data.dataset import RetrievalData
-    from simlm.retrieval.bm25 import BM25Retriever
-
     rerank_metrics = tmp_path / "metrics.json"
-    rerank_metrics.write_text(
-        json.dumps({"interpolation": {"weight": 0.0, "bm25_weight": 0.3}, "rerank": {"reranker_sd": 2.5}})
-    )
-    out = tmp_path / "w0"
-    run_stage(
-        compose_at(
+    scale = {"rerank": {"reranker_sd": 2.5}}
+    missing_folds = f"stage.cross_fit_models=[{tmp_path / 'no-fold0'},{tmp_path / 'no-fold1'}]"
+
+    def teacher(out: Path, recorded: dict, *extra: str) -> Path:
+        rerank_metrics.write_text(
+            json.dumps({"interpolation": {"weight": 0.0, "bm25_weight": 0.3}, **recorded})
+        )
+        return score_teacher(
             out,
             cache_dir,
-            "stage=teacher_scores",
-            "data=beir",
-            f"data.root={small_beir}",
-            f"stage.cross_fit_models=[{tmp_path / 'no-fold0'},{tmp_path / 'no-fold1'}]",
-            f"stage.examples_file={small_beir_bm25 / 'train.jsonl'}",
-            f"stage.num_negatives={N_NEG}",
+            small_beir,
+            small_beir_bm25,
+            tmp_path / "no-reranker",
             f"stage.interpolation_from={rerank_metrics}",
+            *extra,
         )
-    )
+
+    out = teacher(tmp_path / "w0", scale, missing_folds)
     got = read_examples(out / "kd_train.jsonl")
     source = {ex.query_id: ex for ex in read_examples(small_beir_bm25 / "train.jsonl")}
     assert [ex.query_id for ex in got] == list(source)
@@ -326,47 +329,17 @@ def test_a_cross_fitted_blended_teacher_at_w_0_loads_no_reranker_and_takes_the_r
             for s in source[ex.query_id].positives.scores + source[ex.query_id].negatives.scores[:N_NEG]
         ]
     )
-    index = BM25Retriever().index(RetrievalData(small_beir, layout="beir").corpus)
-    bm25 = np.concatenate(
-        [
-            index.score_pairs(
-                {ex.query_id: ex.query},
-                [(ex.query_id, d) for d in ex.positives.doc_ids + ex.negatives.doc_ids],
-            )
-            for ex in got
-        ]
-    )
-
-    def z(x):
-        return (x - x.mean()) / x.std()
-
-    expected = 2.5 * (0.3 * z(bm25) + 0.7 * z(first))
+    expected = 2.5 * (0.3 * _z(_pair_bm25(got, small_beir)) + 0.7 * _z(first))
     scores = np.array([s for ex in got for s in ex.positives.scores + ex.negatives.scores])
     assert scores == pytest.approx(expected, abs=1e-4)
     stats = json.loads((out / "metrics.json").read_text())["teacher_scores"]
     assert stats["teachers"] == 0 and stats["weight"] == 0.0 and stats["bm25_weight"] == 0.3
     # a single re-ranker is still loaded (a missing one is an error naming the key), and so are the
     # fold re-rankers when no scale is recorded
-    for models, key in (
-        (f"stage.model={tmp_path / 'no-reranker'}", "stage.model"),
-        (None, "cross_fit_models"),
-    ):
-        if models is None:
-            rerank_metrics.write_text(json.dumps({"interpolation": {"weight": 0.0, "bm25_weight": 0.3}}))
-            models = f"stage.cross_fit_models=[{tmp_path / 'no-fold0'},{tmp_path / 'no-fold1'}]"
-        with pytest.raises(Exception, match=key):
-            run_stage(
-                compose_at(
-                    tmp_path / "needs-models",
-                    cache_dir,
-                    "stage=teacher_scores",
-                    "data=beir",
-                    f"data.root={small_beir}",
-                    models,
-                    f"stage.examples_file={small_beir_bm25 / 'train.jsonl'}",
-                    f"stage.interpolation_from={rerank_metrics}",
-                )
-            )
+    with pytest.raises(ModelSourceError, match="stage.model"):
+        teacher(tmp_path / "single", scale)
+    with pytest.raises(ModelSourceError, match=r"stage.cross_fit_models\[0\]"):
+        teacher(tmp_path / "no-scale", {}, missing_folds)
 
 
 # ------------------------------------------------------------------------------------ configs and stage

@@ -338,6 +338,23 @@ def _epochs_trained(step_dir: Path) -> int:
         return 1 + max(int(float(row["epoch"])) for row in csv.DictReader(f) if row.get("epoch"))
 
 
+def run_beir_recipe(compose, tmp_path: Path, small_beir, tiny_bert, *extra: str) -> None:
+    """`+experiment=beir_pipeline` on the small collection with the tiny model, 2 batches per epoch, into
+    `<tmp_path>/work`."""
+    cfg = compose(
+        "+experiment=beir_pipeline",
+        f"data.root={small_beir}",
+        "data.name=small",
+        f"model.name_or_path={tiny_bert}",
+        f"stage.work_dir={tmp_path / 'work'}",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=2",
+        *extra,
+        output_dir=tmp_path / "run",
+    )
+    run_stage(cfg)
+
+
 def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
     compose, tmp_path, small_beir, tiny_bert
 ):
@@ -348,20 +365,11 @@ def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
     from simlm.data.formats import read_examples
 
     work = tmp_path / "work"
-    cfg = compose(
-        "+experiment=beir_pipeline",
-        f"data.root={small_beir}",
-        "data.name=small",
-        f"model.name_or_path={tiny_bert}",
-        f"stage.work_dir={work}",
-        "++trainer.limit_train_batches=2",
-        "++trainer.limit_val_batches=2",
-        # a re-ranker weight above 0, so the teacher uses the fold re-rankers (at w = 0 they are skipped:
-        # test_fold_re_rankers_a_w_0_teacher_does_not_use_are_skipped); BM25's weight is still validated
-        "++stage.step_overrides.rerank.stage.interpolation=0.5",
-        output_dir=tmp_path / "run",
+    # a re-ranker weight above 0, so the teacher uses the fold re-rankers (at w = 0 they are skipped:
+    # test_fold_re_rankers_a_w_0_teacher_does_not_use_are_skipped); BM25's weight is still validated
+    run_beir_recipe(
+        compose, tmp_path, small_beir, tiny_bert, "++stage.step_overrides.rerank.stage.interpolation=0.5"
     )
-    run_stage(cfg)
     results = json.loads((work / "results.json").read_text())
     assert results["val_split"] == "dev"  # small_beir has a dev split: `dev|holdout:0.1` takes it
     folds = ["reranker_fold0", "reranker_fold1"]
@@ -395,19 +403,14 @@ def test_fold_re_rankers_a_w_0_teacher_does_not_use_are_skipped(compose, tmp_pat
     `stage.skip_unused_teachers` off trains the folds on the next run (and redoes nothing else)."""
 
     def pipeline(*extra: str):
-        cfg = compose(
-            "+experiment=beir_pipeline",
-            f"data.root={small_beir}",
-            "data.name=small",
-            f"model.name_or_path={tiny_bert}",
-            f"stage.work_dir={work}",
-            "++trainer.limit_train_batches=2",
-            "++trainer.limit_val_batches=2",
+        run_beir_recipe(
+            compose,
+            tmp_path,
+            small_beir,
+            tiny_bert,
             "++stage.step_overrides.rerank.stage.interpolation=0",
             *extra,
-            output_dir=tmp_path / "run",
         )
-        run_stage(cfg)
 
     work = tmp_path / "work"
     folds = ["reranker_fold0", "reranker_fold1"]
