@@ -1,4 +1,5 @@
-"""What the retrieval stages share: the splits they report, a run as `<split>.trec` and `<split>.msmarco.txt`."""
+"""What the retrieval stages share: the splits they report, a run as `<split>.trec` and `<split>.msmarco.txt`,
+and when a blended KD teacher needs no re-ranker logits."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def write_run_files(out_dir: Path, split: str, run: Run, tag: str) -> dict[str, 
     write_run(paths["trec"], run, "trec", tag=tag)
     write_run(paths["msmarco"], run, "msmarco")
     return paths
+
+
+def unused_reranker_scale(rerank_metrics: dict[str, Any]) -> float | None:
+    """The re-ranker's score sd on unseen queries that a `stage=rerank` metrics.json recorded
+    (`rerank.reranker_sd`), when its validated interpolation gives the re-ranker w = 0: a blended teacher
+    then needs none of its logits, only that scale (`stage=teacher_scores`, the pipeline's fold steps).
+    None otherwise."""
+    if (rerank_metrics.get("interpolation") or {}).get("weight") != 0.0:
+        return None
+    scale = (rerank_metrics.get("rerank") or {}).get("reranker_sd")
+    return float(scale) if scale else None

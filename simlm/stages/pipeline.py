@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from simlm.data.io import atomic_write, write_json
 from simlm.data.validation import parse_val_split
 from simlm.stages import Metrics
+from simlm.stages.common import unused_reranker_scale
 
 log = logging.getLogger(__name__)
 
@@ -369,9 +370,7 @@ def unused_teacher(name: str, ctx: PipelineContext) -> str | None:
     if not (name.startswith(FOLD_PREFIX) and ctx.teacher_blend and ctx.cfg.stage.get("skip_unused_teachers")):
         return None
     path = ctx.out("rerank") / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    weight = (metrics.get("interpolation") or {}).get("weight")
-    if weight == 0.0 and (metrics.get("rerank") or {}).get("reranker_sd"):
+    if path.is_file() and unused_reranker_scale(json.loads(path.read_text())) is not None:
         return f"the rerank step gave the re-ranker w = 0 ({path}), so the KD teacher does not use its logits"
     return None
 

@@ -36,6 +36,7 @@ from simlm.retrieval.bm25 import BM25Retriever
 from simlm.retrieval.rerank import load_and_score, normalize_scores
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
+from simlm.stages.common import unused_reranker_scale
 from simlm.stages.params import NON_EMPTY_TEXT, NON_NEGATIVE_INT, PATH, POSITIVE_INT, Check, optional
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,6 @@ def read_interpolation(path: str | Path) -> tuple[float, float]:
     """The validated `(w, b)` of a `stage=rerank` metrics.json (`interpolation.weight`, `bm25_weight`)."""
     block = _interpolation_block(path)
     return float(block["weight"]), float(block.get("bm25_weight", 0.0))
-
-
-def read_reranker_scale(path: str | Path) -> float | None:
-    """The re-ranker's score sd on unseen queries that a `stage=rerank` metrics.json records
-    (`rerank.reranker_sd`), if any."""
-    scale = (_rerank_metrics(path).get("rerank") or {}).get("reranker_sd")
-    return float(scale) if scale else None
 
 
 def _rerank_metrics(path: str | Path) -> dict:
@@ -189,7 +183,7 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     # queries they never saw, which the rerank step measured on the validation queries. (A single
     # re-ranker scores queries it trained on, a sharper scale: its logits are still computed.)
     crossed = bool(stage.get("cross_fit_models"))
-    scale = read_reranker_scale(blend_from) if crossed and blend_from and blend[0] == 0.0 else None
+    scale = unused_reranker_scale(_rerank_metrics(blend_from)) if crossed and blend_from else None
     models = [] if scale is not None else list(stage.get("cross_fit_models") or [str(stage.model)])
     keys = (
         [f"stage.cross_fit_models[{i}]" for i in range(len(models))] if len(models) > 1 else ["stage.model"]
