@@ -294,6 +294,56 @@ def test_a_blended_teacher_is_the_validated_interpolation_on_the_re_rankers_scal
         teacher(tmp_path / "bad", {"rerank": {}})
 
 
+def test_a_blended_teacher_weighs_in_the_second_bi_encoder_the_rerank_step_recorded(
+    teacher_run, small_beir, small_beir_bm25, tiny_reranker, tiny_bert, tmp_path, cache_dir
+):
+    """interpolation.fusion_weight / fusion_model: w x re-ranker + b x BM25 + e x the second bi-encoder
+    (its query . passage score) + the rest x first stage, z-scored over all pairs; brute force. A weight
+    without a model config is refused."""
+    from simlm.data.dataset import RetrievalData
+    from simlm.models.encoder import load_encoder
+    from simlm.retrieval.dense import score_pairs_dense
+
+    model_cfg = {"name_or_path": str(tiny_bert), "pooling": "mean", "p_max_len": 32}
+    rerank_metrics = tmp_path / "metrics.json"
+    blend = {"weight": 0.3, "bm25_weight": 0.2, "fusion_weight": 0.25, "fusion_model": model_cfg}
+    rerank_metrics.write_text(json.dumps({"interpolation": blend}))
+    out = score_teacher(
+        tmp_path / "fused",
+        cache_dir,
+        small_beir,
+        small_beir_bm25,
+        tiny_reranker,
+        f"stage.interpolation_from={rerank_metrics}",
+    )
+    fused = read_examples(out / "kd_train.jsonl")
+    source = read_examples(small_beir_bm25 / "train.jsonl")
+    plain = read_examples(teacher_run / "kd_train.jsonl")
+    logits = np.array([s for ex in plain for s in ex.positives.scores + ex.negatives.scores])
+    first = np.array([s for ex in source for s in ex.positives.scores + ex.negatives.scores[:N_NEG]])
+    pairs = [(ex.query_id, d) for ex in plain for d in ex.positives.doc_ids + ex.negatives.doc_ids]
+    encoder, tokenizer = load_encoder(model_cfg)
+    corpus = RetrievalData(small_beir, layout="beir").corpus
+    dense = score_pairs_dense(encoder, tokenizer, corpus, {ex.query_id: ex.query for ex in plain}, pairs)
+    expected = logits.std() * (
+        0.3 * _z(logits) + 0.2 * _z(_pair_bm25(plain, small_beir)) + 0.25 * _z(dense) + 0.25 * _z(first)
+    )
+    got = np.array([s for ex in fused for s in ex.positives.scores + ex.negatives.scores])
+    assert got == pytest.approx(expected, abs=2e-4)
+    stats = json.loads((out / "metrics.json").read_text())["teacher_scores"]
+    assert (stats["weight"], stats["bm25_weight"], stats["fusion_weight"]) == (0.3, 0.2, 0.25)
+    rerank_metrics.write_text(json.dumps({"interpolation": {**blend, "fusion_model": {"pooling": "mean"}}}))
+    with pytest.raises(ValueError, match="interpolation.fusion_model must be a model config"):
+        score_teacher(
+            tmp_path / "bad",
+            cache_dir,
+            small_beir,
+            small_beir_bm25,
+            tiny_reranker,
+            f"stage.interpolation_from={rerank_metrics}",
+        )
+
+
 def test_a_cross_fitted_blended_teacher_at_w_0_loads_no_reranker_and_takes_the_recorded_scale(
     small_beir, small_beir_bm25, tmp_path, cache_dir
 ):

@@ -329,6 +329,43 @@ def test_validation_wiring_and_the_re_ranker_init(compose, tmp_path):
         step_config(typo, teacher, PipelineContext(typo, ALL_STEPS))
 
 
+def test_the_rerank_steps_second_bi_encoder_is_wired_from_stage_fusion_model(compose, tmp_path):
+    """Config only: `stage.fusion_model=zeroshot` gives the rerank step the zero-shot step's model config
+    (init model and settings) with a validated weight; a step name gives its trained model; a step
+    override of the weight wins; null adds nothing."""
+    from simlm.stages.params import check_stage_params
+    from simlm.stages.pipeline import STEPS, PipelineContext, step_config
+
+    work = tmp_path / "work"
+    rerank = STEPS["rerank"]
+
+    def rerank_stage(*extra):
+        cfg = compose("stage=pipeline", f"stage.work_dir={work}", *extra)
+        sub = step_config(cfg, rerank, PipelineContext(cfg, ALL_STEPS))
+        check_stage_params(sub)
+        return cfg, sub.stage
+
+    cfg, stage = rerank_stage("stage.fusion_model=zeroshot", "model.p_max_len=128")
+    zeroshot = step_config(cfg, STEPS["zeroshot"], PipelineContext(cfg, ALL_STEPS)).model
+    assert stage.fusion_weight == "validate"
+    settings = ("pooling", "l2_normalize", "q_max_len", "p_max_len", "passage_format")
+    assert OmegaConf.to_container(stage.fusion_model) == {
+        "name_or_path": zeroshot.name_or_path,
+        **{k: zeroshot[k] for k in settings},
+        "query_prefix": "",
+        "passage_prefix": "",
+    }
+    assert stage.fusion_model.p_max_len == 128 and zeroshot.name_or_path == cfg.model.name_or_path
+    _, stage = rerank_stage("stage.fusion_model=retriever1")
+    assert stage.fusion_model == str(work / "retriever1" / "model")
+    _, stage = rerank_stage(
+        "stage.fusion_model=retriever1", "++stage.step_overrides.rerank.stage.fusion_weight=0.2"
+    )
+    assert stage.fusion_weight == 0.2
+    _, stage = rerank_stage()
+    assert stage.fusion_model is None and stage.fusion_weight == 0
+
+
 def _epochs_trained(step_dir: Path) -> int:
     """Epochs a training step ran, from its CSV log (epoch column of the rows it logged)."""
     import csv

@@ -203,8 +203,9 @@ def test_validation_inputs_are_checked(
 BM25 = {"q1": {"a": 1.0, "b": 0.0, "c": 4.0}, "q2": {"x": 2.0, "y": 2.0}}
 
 
-def brute_force_hybrid(run, ce, bm25, depth, w, b):
-    """Each query's top `depth` by w * z(ce) + b * z(bm25) + (1 - w - b) * z(first stage), ties by doc id."""
+def brute_force_hybrid(run, ce, bm25, depth, w, b, fusion=None, e=0.0):
+    """Each query's top `depth` by w * z(ce) + b * z(bm25) + e * z(fusion) + (1 - w - b - e) * z(first
+    stage), ties by doc id."""
 
     def z(x):
         x = np.array(x, dtype=float)
@@ -216,7 +217,8 @@ def brute_force_hybrid(run, ce, bm25, depth, w, b):
         fused = (
             w * z([ce[qid][d] for d, _ in head])
             + b * z([bm25[qid][d] for d, _ in head])
-            + (1 - w - b) * z([s for _, s in head])
+            + (e * z([fusion[qid][d] for d, _ in head]) if e else 0.0)
+            + (1 - w - b - e) * z([s for _, s in head])
         )
         order = sorted(range(len(head)), key=lambda i: (-fused[i], head[i][0]))
         out[qid] = [head[i][0] for i in order] + [d for d, _ in ranking[depth:]]
@@ -292,3 +294,168 @@ def test_bm25_under_a_bad_re_ranker_repairs_a_bad_first_stage(
     assert read_run(plain / "test.trec") == read_run(runs["test"])
     with pytest.raises(ValueError, match="sum to more than 1"):
         run_stage(compose(*base, "stage.interpolation=0.8", "stage.bm25_weight=0.5"))
+
+
+# ------------------------------------------------------------------------------------ a second bi-encoder
+DENSE = {"q1": {"a": 0.2, "b": 0.9, "c": 0.1}, "q2": {"x": 0.5, "y": -0.5}}
+
+
+@pytest.mark.parametrize(
+    ("w", "b", "e"), [(0.0, 0.0, 0.4), (0.2, 0.3, 0.5), (0.5, 0.0, 0.5), (0.1, 0.1, 0.1)]
+)
+def test_the_fusion_term_is_the_weighted_sum_of_normalised_scores(w, b, e):
+    got = interpolated_rerank(
+        RUN, CE, depth=3, weight=w, lexical=BM25, lexical_weight=b, fusion=DENSE, fusion_weight=e
+    )
+    expected = brute_force_hybrid(RUN, CE, BM25, 3, w, b, DENSE, e)
+    assert {q: [d for d, _ in r] for q, r in got.items()} == expected
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        interpolated_rerank(RUN, CE, depth=3, weight=0.6, fusion=DENSE, fusion_weight=0.5)
+
+
+def test_dense_pair_scores_are_each_pair_encoded_alone(small_beir, tiny_bert):
+    """Scoring pairs encodes each distinct query and passage once; every score is the dot product of the
+    query and the passage encoded one at a time (brute force)."""
+    from simlm.models.encoder import load_encoder
+    from simlm.retrieval.dense import score_pairs_dense
+    from simlm.retrieval.encoding import encode_texts
+
+    data = RetrievalData(small_beir, layout="beir")
+    queries = data.queries("dev")
+    run = {q: [d for d, _ in r[:5]] for q, r in _bm25_dev_run(small_beir).items()}
+    pairs = [(q, d) for q, docs in list(run.items())[:6] for d in docs]
+    pairs += pairs[:3]  # a repeated pair scores the same
+    encoder, tokenizer = load_encoder({"name_or_path": str(tiny_bert), "pooling": "mean", "p_max_len": 32})
+    got = score_pairs_dense(encoder, tokenizer, data.corpus, queries, pairs, batch_size=4)
+    expected = []
+    for q, d in pairs:
+        row = data.corpus.row(d)
+        qv = encode_texts(encoder, tokenizer, queries=[queries[q]])[0]
+        pv = encode_texts(
+            encoder, tokenizer, titles=data.corpus.titles([row]), texts=data.corpus.texts([row])
+        )[0]
+        expected.append(float(qv @ pv))
+    assert got.dtype == np.float32 and got.shape == (len(pairs),)
+    assert got == pytest.approx(expected, abs=1e-5)
+    assert score_pairs_dense(encoder, tokenizer, data.corpus, queries, []).size == 0
+
+
+def _bm25_dev_run(small_beir):
+    from simlm.retrieval.bm25 import BM25Retriever
+
+    data = RetrievalData(small_beir, layout="beir")
+    return BM25Retriever().index(data.corpus).search(data.queries("dev"), top_k=5)
+
+
+def oracle_dense(small_beir):
+    """A stand-in for `load_and_score_dense`: 1 for judged relevant pairs, 0 otherwise (records its calls)."""
+    data = RetrievalData(small_beir, layout="beir")
+    relevant: dict[str, set[str]] = {}
+    for split in ("dev", "test"):
+        for qid, judged in data.qrels(split).items():
+            relevant.setdefault(data.queries(split)[qid], set()).update(
+                d for d, g in judged.items() if g >= 1
+            )
+    calls = []
+
+    def load_and_score_dense(model_cfg, corpus, queries, pairs, runtime):
+        calls.append((model_cfg, len(pairs)))
+        return np.array([float(d in relevant.get(queries[q], ())) for q, d in pairs], dtype=np.float32)
+
+    return load_and_score_dense, calls
+
+
+def test_a_second_bi_encoder_gets_a_validated_weight_and_is_recorded(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    """First stage: BM25's top 20 reversed; an adversarial re-ranker (w = 0). A good second bi-encoder
+    gets e > 0 on validation and lifts both splits; the rerank block records its model config (for
+    the KD teacher). At weight 0 it is not loaded and nothing changes; a weight without a model is refused."""
+    scorer, _ = fake_scorer(small_beir, sign=-1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    dense, calls = oracle_dense(small_beir)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score_dense", dense)
+    from simlm.data.formats import write_run
+
+    runs = {}
+    for split in ("dev", "test"):
+        reversed_run = {
+            q: [(d, float(20 - i)) for i, (d, _) in enumerate(ranking[:20][::-1])]
+            for q, ranking in read_run(small_beir_bm25 / f"{split}.trec").items()
+        }
+        runs[split] = tmp_path / f"{split}.trec"
+        write_run(runs[split], reversed_run)
+    base = (
+        *rerank_overrides(small_beir, small_beir_bm25, tiny_bert)[:-3],
+        f"stage.run_file={runs['test']}",
+        f"stage.val_run_file={runs['dev']}",
+        "stage.depth=20",
+    )
+    model = f"stage.fusion_model={{name_or_path: '{tiny_bert}', pooling: mean, p_max_len: 32}}"
+    out = tmp_path / "fused"
+    run_stage(compose(*base, model, "stage.fusion_weight=validate", output_dir=out))
+    metrics = json.loads((out / "metrics.json").read_text())
+    block = metrics["interpolation"]
+    assert block["weight"] == 0.0 and block["bm25_weight"] == 0.0 and block["fusion_weight"] > 0.0
+    assert block["fusion_model"] == {"name_or_path": str(tiny_bert), "pooling": "mean", "p_max_len": 32}
+    assert list(block["grid"])[:2] == ["0.0,0.0,0.0", "0.0,0.0,0.1"] and "1.0,0.0,0.0" in block["grid"]
+    assert "0.6,0.0,0.5" not in block["grid"]  # w + b + e <= 1
+    assert metrics["dev"]["ndcg@10"] > metrics["dev_input"]["ndcg@10"]
+    assert metrics["test"]["ndcg@10"] > metrics["test_input"]["ndcg@10"]
+    assert len(calls) == 1  # one load scores the test and the validation candidates
+    assert calls[0][1] == sum(min(20, len(r)) for s in ("test", "dev") for r in read_run(runs[s]).values())
+    # the same model at weight 0: not loaded, the first stage unchanged (w = 0 on validation)
+    off = tmp_path / "off"
+    run_stage(compose(*base, model, output_dir=off))
+    assert (
+        len(calls) == 1
+        and "fusion_weight" not in json.loads((off / "metrics.json").read_text())["interpolation"]
+    )
+    assert read_run(off / "test.trec") == read_run(runs["test"])
+    with pytest.raises(ValueError, match=r"stage.fusion_weight=0.3 .* stage.fusion_model is null"):
+        run_stage(compose(*base, "stage.fusion_weight=0.3"))
+    with pytest.raises(ParamError, match=r"stage.fusion_model must be a model config with name_or_path"):
+        run_stage(compose(*base, "stage.fusion_model={pooling: mean}", "stage.fusion_weight=validate"))
+    with pytest.raises(ValueError, match="sum to more than 1"):
+        run_stage(compose(*base, model, "stage.interpolation=0.6", "stage.fusion_weight=0.5"))
+
+
+def test_a_fixed_fusion_weight_scores_with_the_real_bi_encoder(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    """Unmocked second bi-encoder (a tiny BERT folder) at fixed w and e: the written run is the
+    interpolation with its pair scores (`score_pairs_dense`), no validation needed."""
+    from simlm.models.encoder import load_encoder
+    from simlm.retrieval.dense import score_pairs_dense
+    from simlm.retrieval.rerank import scores_by_query
+
+    scorer, _ = fake_scorer(small_beir, sign=1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    model_cfg = {"name_or_path": str(tiny_bert), "pooling": "mean", "p_max_len": 32}
+    out = tmp_path / "fixed"
+    run_stage(
+        compose(
+            *rerank_overrides(small_beir, small_beir_bm25, tiny_bert),
+            "stage.interpolation=0.5",
+            "stage.fusion_weight=0.3",
+            f"stage.fusion_model={{name_or_path: '{tiny_bert}', pooling: mean, p_max_len: 32}}",
+            output_dir=out,
+        )
+    )
+    block = json.loads((out / "metrics.json").read_text())["interpolation"]
+    assert (block["weight"], block["bm25_weight"], block["fusion_weight"]) == (0.5, 0.0, 0.3)
+    assert block["chosen_by"] == "stage.interpolation" and "grid" not in block
+    data = RetrievalData(small_beir, layout="beir")
+    run_in = read_run(small_beir_bm25 / "test.trec")
+    pairs = [(q, d) for q, ranking in run_in.items() for d, _ in ranking[:20]]
+    encoder, tokenizer = load_encoder(model_cfg)
+    queries = data.queries("test")
+    ce = scores_by_query(pairs, scorer(None, None, [(queries[q], d) for q, d in pairs], None)[0])
+    fusion = scores_by_query(
+        pairs, score_pairs_dense(encoder, tokenizer, data.corpus, queries, pairs).tolist()
+    )
+    expected = interpolated_rerank(run_in, ce, 20, 0.5, fusion=fusion, fusion_weight=0.3)
+    got = read_run(out / "test.trec")
+    assert {q: [d for d, _ in r] for q, r in got.items()} == {
+        q: [d for d, _ in r] for q, r in expected.items()
+    }

@@ -14,9 +14,10 @@ import numpy as np
 
 from simlm.data.corpus import Corpus
 from simlm.data.formats import Qrels, Run
-from simlm.models.encoder import TextEncoder
+from simlm.models.encoder import TextEncoder, load_encoder
 from simlm.retrieval.encoding import encode_texts
 from simlm.retrieval.index import search, to_run
+from simlm.runtime import Runtime
 
 Shards = Iterable[tuple[np.ndarray, np.ndarray]]
 
@@ -105,3 +106,49 @@ def dense_retrieve(
         backend=backend,
     )
     return to_run(qids, scores, found, corpus)
+
+
+def score_pairs_dense(
+    encoder: TextEncoder,
+    tokenizer: Any,
+    corpus: Corpus,
+    queries: dict[str, str],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 128,
+    precision: str | None = None,
+) -> np.ndarray:
+    """The bi-encoder's score (query vector . passage vector) of each `(query id, doc id)` pair, float32.
+
+    Each distinct query and passage is encoded once, so scoring a run's top candidates costs one
+    encode of the passages they hold, not of the corpus.
+    """
+    if not pairs:
+        return np.empty(0, dtype=np.float32)
+    qids = list(dict.fromkeys(q for q, _ in pairs))
+    rows = sorted({corpus.row(d) for _, d in pairs})
+    q_emb = encode_texts(
+        encoder, tokenizer, queries=[queries[q] for q in qids], batch_size=batch_size, precision=precision
+    )
+    ((_, p_emb),) = encode_passages(
+        encoder, tokenizer, corpus, rows, batch_size=batch_size, precision=precision
+    )
+    q_at = {q: i for i, q in enumerate(qids)}
+    p_at = {r: i for i, r in enumerate(rows)}
+    q_idx = np.array([q_at[q] for q, _ in pairs])
+    p_idx = np.array([p_at[corpus.row(d)] for _, d in pairs])
+    return np.einsum("nd,nd->n", q_emb[q_idx], p_emb[p_idx]).astype(np.float32)
+
+
+def load_and_score_dense(
+    model_cfg: dict[str, Any],
+    corpus: Corpus,
+    queries: dict[str, str],
+    pairs: Sequence[tuple[str, str]],
+    runtime: Runtime,
+) -> np.ndarray:
+    """Load the bi-encoder of `model_cfg` (a model config: `name_or_path` and optional retrieval settings,
+    as `load_encoder`) onto `runtime`'s device and score `pairs` (`score_pairs_dense`) under its precision."""
+    encoder, tokenizer = load_encoder(model_cfg)
+    encoder = encoder.to(runtime.device)
+    return score_pairs_dense(encoder, tokenizer, corpus, queries, pairs, precision=runtime.precision)

@@ -208,7 +208,8 @@ def scores_by_query(pairs: Iterable[tuple[str, str]], scores: Iterable[float]) -
 NORMALIZATIONS = ("zscore", "minmax")
 # the validated interpolation weights of the re-ranker's score: 0 (the first stage alone) to 1 (the re-ranker alone)
 WEIGHTS = tuple(i / 10 for i in range(11))
-# and of BM25's (a hybrid with the first stage, stage.bm25_weight=validate): up to half the final score
+# and of BM25's (a hybrid with the first stage, stage.bm25_weight=validate): up to half the final score;
+# a second bi-encoder's (stage.fusion_weight=validate) likewise
 LEXICAL_WEIGHTS = tuple(i / 10 for i in range(6))
 
 
@@ -234,10 +235,13 @@ def interpolate_scores(
     how: str = "zscore",
     lexical: dict[str, dict[str, float]] | None = None,
     lexical_weight: float = 0.0,
+    fusion: dict[str, dict[str, float]] | None = None,
+    fusion_weight: float = 0.0,
 ) -> dict[str, dict[str, float]]:
-    """`weight x re-ranker + lexical_weight x BM25 + (1 - weight - lexical_weight) x first stage` for each
-    query's scored top-`depth` candidates, every score normalised per query over those candidates
-    (`normalize_scores`); `lexical` holds the candidates' BM25 scores (needed when `lexical_weight` > 0)."""
+    """`weight x re-ranker + lexical_weight x BM25 + fusion_weight x a second bi-encoder + the rest x first
+    stage` for each query's scored top-`depth` candidates, every score normalised per query over those
+    candidates (`normalize_scores`); `lexical` / `fusion` hold the candidates' BM25 / second bi-encoder
+    scores (needed when their weight is > 0)."""
     fused: dict[str, dict[str, float]] = {}
     for qid, ranking in run.items():
         scored = scores.get(qid, {})
@@ -246,10 +250,14 @@ def interpolate_scores(
             continue
         first = normalize_scores([s for _, s in head], how)
         second = normalize_scores([scored[d] for d, _ in head], how)
-        mixed = weight * second + (1.0 - weight - lexical_weight) * first
-        if lexical_weight:
-            assert lexical is not None, "a lexical weight needs the candidates' BM25 scores"
-            mixed += lexical_weight * normalize_scores([lexical[qid][d] for d, _ in head], how)
+        mixed = weight * second + (1.0 - weight - lexical_weight - fusion_weight) * first
+        for extra, extra_weight, what in (
+            (lexical, lexical_weight, "BM25"),
+            (fusion, fusion_weight, "fusion"),
+        ):
+            if extra_weight:
+                assert extra is not None, f"a {what} weight needs the candidates' {what} scores"
+                mixed += extra_weight * normalize_scores([extra[qid][d] for d, _ in head], how)
         fused[qid] = {d: float(v) for (d, _), v in zip(head, mixed)}
     return fused
 
@@ -262,19 +270,23 @@ def interpolated_rerank(
     how: str = "zscore",
     lexical: dict[str, dict[str, float]] | None = None,
     lexical_weight: float = 0.0,
+    fusion: dict[str, dict[str, float]] | None = None,
+    fusion_weight: float = 0.0,
 ) -> Run:
-    """The re-ranked run at interpolation `weight` (and BM25 `lexical_weight`): both 0 return `run` itself
-    (the first stage, unchanged), `weight` 1 the re-ranker's order and raw scores (`merge_reranked`),
-    anything between the interpolated scores (`interpolate_scores`)."""
-    if not (0.0 <= weight <= 1.0 and 0.0 <= lexical_weight <= 1.0 and weight + lexical_weight <= 1.0 + 1e-9):
-        raise ValueError(
-            f"the interpolation weights must be from 0 to 1 and sum to at most 1, got {weight} and {lexical_weight}"
-        )
-    if weight == 0.0 and lexical_weight == 0.0:
+    """The re-ranked run at interpolation `weight` (with BM25's `lexical_weight` and a second bi-encoder's
+    `fusion_weight`): all 0 return `run` itself (the first stage, unchanged), `weight` 1 the re-ranker's
+    order and raw scores (`merge_reranked`), anything between the interpolated scores
+    (`interpolate_scores`)."""
+    weights = (weight, lexical_weight, fusion_weight)
+    if not (all(0.0 <= w <= 1.0 for w in weights) and sum(weights) <= 1.0 + 1e-9):
+        raise ValueError(f"the interpolation weights must be from 0 to 1 and sum to at most 1, got {weights}")
+    if not any(weights):
         return {qid: list(ranking) for qid, ranking in run.items()}
     if weight == 1.0:
         return merge_reranked(run, scores, depth)
-    fused = interpolate_scores(run, scores, depth, weight, how, lexical, lexical_weight)
+    fused = interpolate_scores(
+        run, scores, depth, weight, how, lexical, lexical_weight, fusion, fusion_weight
+    )
     return merge_reranked(run, fused, depth)
 
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from simlm.data.io import atomic_write, write_json
 from simlm.data.validation import parse_val_split
+from simlm.models.encoder import MODEL_SETTING_KEYS
 from simlm.stages import Metrics
 from simlm.stages.common import unused_reranker_scale
 
@@ -42,6 +43,8 @@ class Step:
     stage: str
     wiring: Callable[[PipelineContext], list[str]]
     label: str  # row label in the results table
+    # config values the wiring cannot write as a dotlist (mappings), merged after it
+    settings: Callable[[PipelineContext], dict[str, Any]] = lambda ctx: {}
 
 
 class PipelineContext:
@@ -86,6 +89,24 @@ class PipelineContext:
         """`stage.student_model`: where the KD retriever starts (e.g. `retriever2`); default
         `init_model`, as SimLM (the pre-trained encoder)."""
         return self._step_or_model("student_model", "KD student", self.init_model)
+
+    @property
+    def fusion_model(self) -> Any:
+        """`stage.fusion_model`: the second bi-encoder the rerank step may weigh in (null: none).
+
+        `zeroshot`: the zero-shot step's model config (the init model with the pipeline's model settings);
+        a step of INIT_STEPS: its trained model; else a folder, hub id or model config mapping as given.
+        """
+        value = self.cfg.stage.get("fusion_model")
+        if value is None:
+            return None
+        if value == "zeroshot":
+            model = step_config(self.cfg, STEPS["zeroshot"], self).model
+            keys = ("name_or_path", *MODEL_SETTING_KEYS)
+            return {k: model[k] for k in keys if model.get(k) is not None}
+        if isinstance(value, str):
+            return self._step_or_model("fusion_model", "rerank step's fusion bi-encoder", value)
+        return OmegaConf.to_container(value, resolve=True)
 
     @property
     def cross_fit_folds(self) -> int:
@@ -145,6 +166,12 @@ def _search_splits(ctx: PipelineContext) -> list[str]:
 
 # steps whose model may start the re-ranker or the KD student (stage.reranker_model / student_model=<step>)
 INIT_STEPS = ("rlm", "retriever1", "retriever2")
+
+
+def _fusion_settings(ctx: PipelineContext) -> dict[str, Any]:
+    """The rerank step's fourth score: `stage.fusion_model`'s, its weight validated (a step override wins)."""
+    model = ctx.fusion_model
+    return {} if model is None else {"stage": {"fusion_model": model, "fusion_weight": "validate"}}
 
 
 def _mined(ctx: PipelineContext) -> Path:
@@ -234,6 +261,7 @@ STEPS: dict[str, Step] = {
                 *_val_run_override(ctx, "stage.val_run_file"),
             ],
             "re-ranked retriever run",
+            _fusion_settings,
         ),
         Step("teacher_scores", "teacher_scores", _teacher_wiring, "teacher scores"),
         Step(
@@ -262,6 +290,7 @@ def step_config(cfg: DictConfig, step: Step, ctx: PipelineContext) -> DictConfig
         sub.seed = cfg.seed
         sub.paths.output_dir = str(ctx.out(step.name))
         sub.merge_with(OmegaConf.from_dotlist(step.wiring(ctx)))
+        sub.merge_with(step.settings(ctx))
         if step.name.startswith(FOLD_PREFIX):  # a fold re-ranker is the re-ranker's recipe on fewer queries
             sub.merge_with(cfg.stage.step_overrides.get("reranker") or {})
         sub.merge_with(cfg.stage.step_overrides.get(step.name) or {})
@@ -312,6 +341,8 @@ NEUTRAL_FLAGS = {
     ("stage", "cross_fit_models"): None,
     ("stage", "budget"): None,
     ("stage", "bm25_weight"): 0,
+    ("stage", "fusion_weight"): 0,
+    ("stage", "fusion_model"): None,
     ("stage", "interpolation_from"): None,
     ("data", "mrr_threshold"): None,
 }
@@ -611,7 +642,8 @@ def _label(name: str, metrics: dict[str, Any], ctx: PipelineContext) -> str:
     if "weight" in block:
         where = f"on {block['validation_split']}" if block.get("validation_split") else "fixed"
         bm25 = f", BM25 b = {float(block['bm25_weight']):.1f}" if "bm25_weight" in block else ""
-        label += f" (w = {float(block['weight']):.1f}{bm25} {where})"
+        fusion = f", fusion e = {float(block['fusion_weight']):.1f}" if "fusion_weight" in block else ""
+        label += f" (w = {float(block['weight']):.1f}{bm25}{fusion} {where})"
     return label
 
 

@@ -9,7 +9,9 @@ re-ranker that does not beat the first stage on validation gets w = 0 and leaves
 number fixes w (1: the re-ranker's score alone, SimLM's re-ranking). `stage.bm25_weight` adds BM25's score
 of each candidate as a third term, `w x re-ranker + b x BM25 + (1 - w - b) x first stage` (a hybrid of
 the first stage with BM25 under the re-ranker; `validate` chooses b in 0, ..., 0.5 with w, 0 leaves BM25
-out, SimLM's re-ranking). Writes `<split>.trec` and
+out, SimLM's re-ranking). `stage.fusion_model` (a second bi-encoder: a model config, e.g. the zero-shot
+MiniLM) and `stage.fusion_weight` add its score as a fourth term the same way (e; `validate`: 0, ..., 0.5,
+chosen with w and b). Writes `<split>.trec` and
 `<split>.msmarco.txt` (and the validation split's), and returns the metrics of the re-ranked runs and
 of the input runs (`<split>_input`), the weight with its validation grid (`interpolation`), and the
 re-ranker's score sd over the validation pairs (`rerank.reranker_sd`: a blended KD teacher's scale).
@@ -24,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from simlm.data.dataset import RetrievalData
 from simlm.data.formats import Run, read_run, rerank_candidates
 from simlm.evaluation import evaluate
 from simlm.models.hub import check_model_source
 from simlm.retrieval.bm25 import BM25Retriever
+from simlm.retrieval.dense import load_and_score_dense
 from simlm.retrieval.rerank import (
     LEXICAL_WEIGHTS,
     NORMALIZATIONS,
@@ -52,7 +55,11 @@ INTERPOLATION = Check(
     f"'{VALIDATE}' or a number from 0 to 1",
     lambda v: v == VALIDATE or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
 )
-Weights = tuple[float, float]  # (the re-ranker's w, BM25's b)
+Weights = tuple[float, float, float]  # (the re-ranker's w, BM25's b, the fusion bi-encoder's e)
+FUSION_MODEL = Check(
+    "a model config with name_or_path (e.g. {name_or_path: <folder or hub id>, pooling: mean}) or a folder",
+    lambda v: (isinstance(v, str) and bool(v)) or (isinstance(v, dict) and bool(v.get("name_or_path"))),
+)
 
 # checked before the stage runs (simlm.stages.params)
 PARAMS = {
@@ -66,6 +73,8 @@ PARAMS = {
     "tag": TAG,
     "interpolation": INTERPOLATION,
     "bm25_weight": INTERPOLATION,
+    "fusion_weight": INTERPOLATION,
+    "fusion_model": optional(FUSION_MODEL),
     "normalize": one_of(*NORMALIZATIONS),
     "interpolation_metric": NON_EMPTY_TEXT,
 }
@@ -122,23 +131,55 @@ def _validation_inputs(cfg: DictConfig, data: RetrievalData) -> tuple[str, Run, 
 
 
 def _weight_grid(stage: DictConfig) -> list[Weights]:
-    """The (w, b) pairs to validate: each weight's grid where it is `validate`, else its fixed value."""
-    mode, lexical = stage.get("interpolation", VALIDATE), stage.get("bm25_weight", 0)
+    """The (w, b, e) to validate: each weight's grid where it is `validate`, else its fixed value."""
+    mode, lexical, fusion = (
+        stage.get("interpolation", VALIDATE),
+        stage.get("bm25_weight", 0),
+        _fusion_mode(stage),
+    )
     ws = WEIGHTS if mode == VALIDATE else (float(mode),)
     bs = LEXICAL_WEIGHTS if lexical == VALIDATE else (float(lexical),)
-    grid = [(w, b) for w in ws for b in bs if w + b <= 1.0 + 1e-9]
+    es = LEXICAL_WEIGHTS if fusion == VALIDATE else (float(fusion),)
+    grid = [(w, b, e) for w in ws for b in bs for e in es if w + b + e <= 1.0 + 1e-9]
     if not grid:
-        raise ValueError(f"stage.interpolation={mode} and stage.bm25_weight={lexical} sum to more than 1")
+        raise ValueError(
+            f"stage.interpolation={mode}, stage.bm25_weight={lexical} and stage.fusion_weight={fusion} "
+            "sum to more than 1"
+        )
     return grid
+
+
+def _fusion_mode(stage: DictConfig) -> Any:
+    """`stage.fusion_weight`, checked against `stage.fusion_model` (a weight needs a model; a model alone is
+    validated)."""
+    weight, model = stage.get("fusion_weight", 0), stage.get("fusion_model")
+    if weight != 0 and not model:
+        raise ValueError(
+            f"stage.fusion_weight={weight} weighs a second bi-encoder's score, but stage.fusion_model is null: "
+            "set stage.fusion_model={name_or_path: <folder or hub id>, pooling: ...}, or stage.fusion_weight=0"
+        )
+    return weight
+
+
+def fusion_model_config(value: Any) -> dict[str, Any]:
+    """`stage.fusion_model` as a plain model config mapping (a folder or hub id alone: its saved settings)."""
+    if isinstance(value, str):
+        return {"name_or_path": value}
+    plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
+    return {str(k): v for k, v in plain.items() if v is not None}
 
 
 def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
     split, depth = str(stage.split), int(stage.depth)
     mode, lexical_mode = stage.get("interpolation", VALIDATE), stage.get("bm25_weight", 0)
-    validate = VALIDATE in (mode, lexical_mode)
+    fusion_mode = _fusion_mode(stage)
+    validate = VALIDATE in (mode, lexical_mode, fusion_mode)
     how = str(stage.get("normalize", "zscore"))
     check_model_source(stage.model, "stage.model")  # before a large corpus is read
+    fusion_cfg = fusion_model_config(stage.fusion_model) if fusion_mode != 0 else None
+    if fusion_cfg is not None:
+        check_model_source(fusion_cfg["name_or_path"], "stage.fusion_model.name_or_path")
     data = RetrievalData.from_config(cfg.data)
     run_in, queries = _read_split_run(str(stage.run_file), data, split, "stage.run_file")
     val_split, run_val, val_queries = _validation_inputs(cfg, data) if validate else (None, {}, {})
@@ -161,6 +202,14 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     uses_bm25 = lexical_mode != 0
     bm25 = BM25Retriever().index(data.corpus) if uses_bm25 else None
     lexical = scores_by_query(candidates, bm25.score_pairs(queries, candidates)) if bm25 else None
+    fusion = val_fusion = None
+    if fusion_cfg is not None:  # one encode of the passages both splits' candidates hold
+        both = {**queries, **val_queries}
+        dense = load_and_score_dense(
+            fusion_cfg, data.corpus, both, candidates + val_candidates, runtime
+        ).tolist()
+        fusion = scores_by_query(candidates, dense[: len(candidates)])
+        val_fusion = scores_by_query(val_candidates, dense[len(candidates) :])
     out_dir, tag = Path(cfg.paths.output_dir), str(stage.get("tag", "rerank"))
     metrics: Metrics = {}
     if val_split is not None:
@@ -168,24 +217,24 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
         val_lexical = (
             scores_by_query(val_candidates, bm25.score_pairs(val_queries, val_candidates)) if bm25 else None
         )
-        (weight, lexical_weight), grid = _choose_weights(
-            cfg, data, val_split, run_val, val_by_query, val_lexical
-        )
+        weights, grid = _choose_weights(cfg, data, val_split, run_val, val_by_query, val_lexical, val_fusion)
         reranked_val = interpolated_rerank(
-            run_val, val_by_query, depth, weight, how, val_lexical, lexical_weight
+            run_val, val_by_query, depth, weights[0], how, val_lexical, weights[1], val_fusion, weights[2]
         )
         write_run_files(out_dir, val_split, reranked_val, tag=tag)
         metrics[val_split] = evaluate(reranked_val, data, val_split) or {}
         metrics[f"{val_split}_input"] = evaluate(run_val, data, val_split) or {}
     else:
-        (weight, lexical_weight), grid = _weight_grid(stage)[0], {}
-    reranked = interpolated_rerank(run_in, by_query, depth, weight, how, lexical, lexical_weight)
+        weights, grid = _weight_grid(stage)[0], {}
+    reranked = interpolated_rerank(
+        run_in, by_query, depth, weights[0], how, lexical, weights[1], fusion, weights[2]
+    )
     write_run_files(out_dir, split, reranked, tag=tag)
     after = evaluate(reranked, data, split)
     if after is not None:
         metrics[split] = after
         metrics[f"{split}_input"] = evaluate(run_in, data, split) or {}
-    metrics["interpolation"] = _interpolation_block(cfg, (weight, lexical_weight), grid, val_split, uses_bm25)
+    metrics["interpolation"] = _interpolation_block(cfg, weights, grid, val_split, uses_bm25, fusion_cfg)
     # the re-ranker's logit scale on queries it never trained on (validation, else the evaluated split):
     # a blended KD teacher that gives the re-ranker w = 0 uses it instead of computing any logits
     unseen = (
@@ -210,14 +259,18 @@ def _choose_weights(
     run_val: Run,
     scores: dict[str, dict[str, float]],
     lexical: dict[str, dict[str, float]] | None,
+    fusion: dict[str, dict[str, float]] | None,
 ) -> tuple[Weights, dict[Weights, float]]:
-    """The (w, b) maximising `stage.interpolation_metric` on the validation run (ties: the smaller w, then b)."""
+    """The (w, b, e) maximising `stage.interpolation_metric` on the validation run (ties: the smaller w,
+    then b, then e)."""
     stage = cfg.stage
     metric = str(stage.get("interpolation_metric", "ndcg@10"))
     depth, how = int(stage.depth), str(stage.get("normalize", "zscore"))
 
     def score_of(weights: Weights) -> float:
-        reranked = interpolated_rerank(run_val, scores, depth, weights[0], how, lexical, weights[1])
+        reranked = interpolated_rerank(
+            run_val, scores, depth, weights[0], how, lexical, weights[1], fusion, weights[2]
+        )
         got = evaluate(reranked, data, split) or {}
         if metric not in got:
             raise ValueError(
@@ -227,12 +280,19 @@ def _choose_weights(
         return float(got[metric])
 
     weights, grid = select_weight(score_of, _weight_grid(stage))
-    log.info("interpolation weights (w, b) %s chosen on %s (%s by weights: %s)", weights, split, metric, grid)
+    log.info(
+        "interpolation weights (w, b, e) %s chosen on %s (%s by weights: %s)", weights, split, metric, grid
+    )
     return weights, grid
 
 
 def _interpolation_block(
-    cfg: DictConfig, weights: Weights, grid: dict[Weights, float], val_split: str | None, uses_bm25: bool
+    cfg: DictConfig,
+    weights: Weights,
+    grid: dict[Weights, float],
+    val_split: str | None,
+    uses_bm25: bool,
+    fusion_cfg: dict[str, Any] | None,
 ) -> dict[str, Any]:
     stage = cfg.stage
     block: dict[str, Any] = {
@@ -240,14 +300,16 @@ def _interpolation_block(
         "chosen_by": f"validation ({val_split})" if val_split else "stage.interpolation",
         "normalize": str(stage.get("normalize", "zscore")),
     }
-    if uses_bm25:
+    if uses_bm25 or fusion_cfg is not None:
         block["bm25_weight"] = weights[1]
+    if fusion_cfg is not None:  # what stage=teacher_scores needs to blend the same fourth score
+        block["fusion_weight"] = weights[2]
+        block["fusion_model"] = fusion_cfg
     if grid:
         block["metric"] = str(stage.get("interpolation_metric", "ndcg@10"))
         block["validation_split"] = val_split
-        block["grid"] = {
-            (f"{w:.1f},{b:.1f}" if uses_bm25 else f"{w:.1f}"): round(v, 6) for (w, b), v in grid.items()
-        }
+        width = 3 if fusion_cfg is not None else 2 if uses_bm25 else 1
+        block["grid"] = {",".join(f"{x:.1f}" for x in key[:width]): round(v, 6) for key, v in grid.items()}
     return block
 
 
@@ -256,9 +318,11 @@ def _describe(block: dict[str, Any]) -> str:
     text = f"interpolation weight w = {block['weight']:.1f} of the re-ranker's score"
     if "bm25_weight" in block:
         text += f" and b = {block['bm25_weight']:.1f} of BM25's"
+    if "fusion_weight" in block:
+        text += f" and e = {block['fusion_weight']:.1f} of {block['fusion_model']['name_or_path']}'s"
     text += f", chosen by {block['chosen_by']}"
     if "grid" in block:
         cells = "  ".join(f"{w}: {v:.4f}" for w, v in block["grid"].items())
-        by = "(w,b)" if "bm25_weight" in block else "w"
+        by = "(w,b,e)" if "fusion_weight" in block else "(w,b)" if "bm25_weight" in block else "w"
         text += f"; {block['metric']} by {by}: {cells}"
     return text

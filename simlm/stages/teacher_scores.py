@@ -33,6 +33,7 @@ from simlm.data.folds import fold_of, read_trained_queries
 from simlm.data.formats import ScoredDocs, TrainingExample, read_examples, write_examples
 from simlm.models.hub import check_model_source
 from simlm.retrieval.bm25 import BM25Retriever
+from simlm.retrieval.dense import load_and_score_dense
 from simlm.retrieval.rerank import load_and_score, normalize_scores
 from simlm.runtime import Runtime
 from simlm.stages import Metrics, format_metrics
@@ -93,10 +94,23 @@ def cross_fit_assignment(examples: list[TrainingExample], models: list[str]) -> 
     return folds
 
 
-def read_interpolation(path: str | Path) -> tuple[float, float]:
-    """The validated `(w, b)` of a `stage=rerank` metrics.json (`interpolation.weight`, `bm25_weight`)."""
+def read_interpolation(path: str | Path) -> tuple[float, float, float]:
+    """The validated `(w, b, e)` of a `stage=rerank` metrics.json (`interpolation.weight`, `bm25_weight`,
+    `fusion_weight`; absent: 0)."""
     block = _interpolation_block(path)
-    return float(block["weight"]), float(block.get("bm25_weight", 0.0))
+    return (
+        float(block["weight"]),
+        float(block.get("bm25_weight", 0.0)),
+        float(block.get("fusion_weight", 0.0)),
+    )
+
+
+def read_fusion_model(path: str | Path) -> dict | None:
+    """The fusion bi-encoder's model config a `stage=rerank` metrics.json recorded (None: it had none)."""
+    model = _interpolation_block(path).get("fusion_model")
+    if model is not None and not (isinstance(model, dict) and model.get("name_or_path")):
+        raise ValueError(f"{path}: interpolation.fusion_model must be a model config with name_or_path")
+    return model
 
 
 def _rerank_metrics(path: str | Path) -> dict:
@@ -122,20 +136,23 @@ def blend_teacher(
     weight: float,
     bm25_weight: float,
     scale: float | None = None,
+    fusion: np.ndarray | None = None,
+    fusion_weight: float = 0.0,
 ) -> np.ndarray:
-    """`s x (w z(reranker) + b z(bm25) + (1 - w - b) z(first))`, z over all pairs: the validated
-    interpolation on the re-ranker's logit scale `s` (default `sd(reranker)`; w = 1 returns the logits
-    unchanged). With w = 0 the logits may be None and `scale` is required."""
+    """`s x (w z(reranker) + b z(bm25) + e z(fusion) + (1 - w - b - e) z(first))`, z over all pairs: the
+    validated interpolation on the re-ranker's logit scale `s` (default `sd(reranker)`; w = 1 returns the
+    logits unchanged). With w = 0 the logits may be None and `scale` is required."""
     if weight == 1.0:
         assert reranker is not None, "w = 1 is the re-ranker's logits"
         return reranker
-    mixed = (1.0 - weight - bm25_weight) * normalize_scores(first)
+    mixed = (1.0 - weight - bm25_weight - fusion_weight) * normalize_scores(first)
     if weight:
         assert reranker is not None, "a re-ranker weight needs its logits"
         mixed += weight * normalize_scores(reranker)
-    if bm25_weight:
-        assert bm25 is not None, "a BM25 weight needs the pairs' BM25 scores"
-        mixed += bm25_weight * normalize_scores(bm25)
+    for extra, extra_weight, what in ((bm25, bm25_weight, "BM25"), (fusion, fusion_weight, "fusion")):
+        if extra_weight:
+            assert extra is not None, f"a {what} weight needs the pairs' {what} scores"
+            mixed += extra_weight * normalize_scores(extra)
     if scale is None:
         assert reranker is not None, "the teacher's scale is the logits' sd unless given"
         scale = float(np.std(reranker))
@@ -178,7 +195,10 @@ def run(cfg: DictConfig) -> Metrics:
 def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
     stage = cfg.stage
     blend_from = stage.get("interpolation_from")
-    blend = read_interpolation(blend_from) if blend_from else (1.0, 0.0)
+    blend = read_interpolation(blend_from) if blend_from else (1.0, 0.0, 0.0)
+    fusion_cfg = read_fusion_model(blend_from) if blend_from and blend[2] else None
+    if fusion_cfg is not None:
+        check_model_source(fusion_cfg["name_or_path"], f"interpolation.fusion_model of {blend_from}")
     # cross-fitted at w = 0: the fold re-rankers' logits would only set the blend's scale, their sd on
     # queries they never saw, which the rerank step measured on the validation queries. (A single
     # re-ranker scores queries it trained on, a sharper scale: its logits are still computed.)
@@ -242,24 +262,25 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             scores[rows] = fold_scores
     if not runtime.is_main:
         return {}
-    if blend != (1.0, 0.0):
-        weight, bm25_weight = blend
+    if blend != (1.0, 0.0, 0.0):
+        weight, bm25_weight, fusion_weight = blend
         first = np.array(
             [s for ex in examples for s in [*ex.positives.scores, *ex.negatives.scores[:n_neg]]],
             dtype=np.float64,
         )
-        bm25 = None
-        if bm25_weight:
-            queries = {ex.query_id: ex.query for ex in examples}
-            id_pairs = [
-                (ex.query_id, d)
-                for ex in examples
-                for d in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
-            ]
-            bm25 = BM25Retriever().index(corpus).score_pairs(queries, id_pairs)
-        scores = blend_teacher(scores if models else None, first, bm25, weight, bm25_weight, scale)
+        queries = {ex.query_id: ex.query for ex in examples}
+        id_pairs = [
+            (ex.query_id, d)
+            for ex in examples
+            for d in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
+        ]
+        bm25 = BM25Retriever().index(corpus).score_pairs(queries, id_pairs) if bm25_weight else None
+        fusion = load_and_score_dense(fusion_cfg, corpus, queries, id_pairs, runtime) if fusion_cfg else None
+        scores = blend_teacher(
+            scores if models else None, first, bm25, weight, bm25_weight, scale, fusion, fusion_weight
+        )
         log.info(
-            "teacher: w = %.1f re-ranker + b = %.1f BM25 + the rest first stage (%s)",
+            "teacher: w = %.1f re-ranker + b = %.1f BM25 + e = %.1f fusion bi-encoder + the rest first stage (%s)",
             *blend,
             blend_from,
         )
@@ -280,8 +301,8 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             "teachers": len(models),
         }
     }
-    if blend != (1.0, 0.0):
-        metrics["teacher_scores"].update(weight=blend[0], bm25_weight=blend[1])
+    if blend != (1.0, 0.0, 0.0):
+        metrics["teacher_scores"].update(weight=blend[0], bm25_weight=blend[1], fusion_weight=blend[2])
     log.info("teacher scores of %s written to %s", path, out_file)
     teachers = {0: "no re-ranker (w = 0)", 1: stage.model}.get(
         len(models), f"{len(models)} cross-fitted re-rankers"
