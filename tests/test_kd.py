@@ -321,10 +321,9 @@ def test_a_blended_teacher_weighs_in_the_second_bi_encoder_the_rerank_step_recor
     plain = read_examples(teacher_run / "kd_train.jsonl")
     logits = np.array([s for ex in plain for s in ex.positives.scores + ex.negatives.scores])
     first = np.array([s for ex in source for s in ex.positives.scores + ex.negatives.scores[:N_NEG]])
-    pairs = [(ex.query_id, d) for ex in plain for d in ex.positives.doc_ids + ex.negatives.doc_ids]
+    pairs = [(ex.query, d) for ex in plain for d in ex.positives.doc_ids + ex.negatives.doc_ids]
     encoder, tokenizer = load_encoder(model_cfg)
-    corpus = RetrievalData(small_beir, layout="beir").corpus
-    dense = score_pairs_dense(encoder, tokenizer, corpus, {ex.query_id: ex.query for ex in plain}, pairs)
+    dense = score_pairs_dense(encoder, tokenizer, RetrievalData(small_beir, layout="beir").corpus, pairs)
     expected = logits.std() * (
         0.3 * _z(logits) + 0.2 * _z(_pair_bm25(plain, small_beir)) + 0.25 * _z(dense) + 0.25 * _z(first)
     )

@@ -142,6 +142,9 @@ def test_the_main_job_is_the_demo_pipeline_with_cpu_budgets(compose):
     for step in ("retriever1", "retriever2", "kd_biencoder"):
         assert budgets[step].stage.datamodule.max_train_examples <= 512
     assert budgets.reranker.stage.module.head_lr > budgets.reranker.stage.module.lr  # a fresh head
+    # the re-rank step's fourth score: MiniLM as it was trained, not the zero-shot step's SimLM input
+    assert main.stage.fusion_model.pooling == "mean" and main.model.pooling == "cls"
+    assert main.stage.fusion_model.name_or_path == main.model.name_or_path
     full = compose("stage=pipeline")
     assert set(full.stage.step_overrides) == {"bm25"}
 
@@ -153,6 +156,7 @@ def small_demo(small_beir: Path, tiny_bert: Path, work: Path) -> list[str]:
         f"data.root={small_beir}",
         "data.name=small",
         f"model.name_or_path={tiny_bert}",
+        f"stage.fusion_model.name_or_path={tiny_bert}",
         f"stage.work_dir={work}",
     ]
 
@@ -204,20 +208,28 @@ def test_the_demo_budgets_run_every_step_with_a_tiny_model(compose, tmp_path, sm
     assert rerank.run_file == str(work / "retriever2" / "test.trec")
     assert rerank.val_run_file == str(work / "retriever2" / "dev.trec")
     chosen = json.loads((work / "rerank" / "metrics.json").read_text())["interpolation"]
-    # (w, b) pairs: the re-ranker's w in 0..1 and BM25's b in 0..0.5, w + b <= 1
-    assert chosen["validation_split"] == "dev" and len(chosen["grid"]) == 51
-    w, b = chosen["weight"], chosen["bm25_weight"]
+    # (w, b, e): the re-ranker's w in 0..1, BM25's b and the second bi-encoder's e in 0..0.5, sum <= 1
+    tenths = [(w, b, e) for w in range(11) for b in range(6) for e in range(6) if w + b + e <= 10]
+    assert chosen["validation_split"] == "dev" and len(chosen["grid"]) == len(tenths) == 216
     assert (
-        rows["rerank"]["weight"] == w and f"w = {w:.1f}, BM25 b = {b:.1f} on dev" in rows["rerank"]["system"]
+        chosen["fusion_model"]["name_or_path"] == str(tiny_bert)
+        and chosen["fusion_model"]["pooling"] == "mean"
     )
+    w, b, e = chosen["weight"], chosen["bm25_weight"], chosen["fusion_weight"]
+    assert rows["rerank"]["weight"] == w
+    assert f"w = {w:.1f}, BM25 b = {b:.1f}, fusion e = {e:.1f} on dev" in rows["rerank"]["system"]
     assert rows["rerank"]["val"]["ndcg@10"] >= rows["retriever2"]["val"]["ndcg@10"]
-    if w == b == 0.0:
+    if w == b == e == 0.0:
         assert read_run(work / "rerank" / "test.trec") == read_run(work / "retriever2" / "test.trec")
     # the KD teacher is that validated blend
     teacher = OmegaConf.load(work / "teacher_scores" / "config.yaml").stage
     assert teacher.interpolation_from == str(work / "rerank" / "metrics.json")
     blend = json.loads((work / "teacher_scores" / "metrics.json").read_text())["teacher_scores"]
-    assert (blend.get("weight", 1.0), blend.get("bm25_weight", 0.0)) == (w, b)
+    assert (blend.get("weight", 1.0), blend.get("bm25_weight", 0.0), blend.get("fusion_weight", 0.0)) == (
+        w,
+        b,
+        e,
+    )
     table = (work / "results.md").read_text()
     assert table.startswith("| step | dev ndcg@10 | dev mrr@10 | dev recall@100 | test ndcg@10 |")
     assert not re.search(r"\| \d+\.\d+ \|$", table, re.MULTILINE)  # seconds print whole

@@ -323,21 +323,21 @@ def test_dense_pair_scores_are_each_pair_encoded_alone(small_beir, tiny_bert):
     data = RetrievalData(small_beir, layout="beir")
     queries = data.queries("dev")
     run = {q: [d for d, _ in r[:5]] for q, r in _bm25_dev_run(small_beir).items()}
-    pairs = [(q, d) for q, docs in list(run.items())[:6] for d in docs]
+    pairs = [(queries[q], d) for q, docs in list(run.items())[:6] for d in docs]
     pairs += pairs[:3]  # a repeated pair scores the same
     encoder, tokenizer = load_encoder({"name_or_path": str(tiny_bert), "pooling": "mean", "p_max_len": 32})
-    got = score_pairs_dense(encoder, tokenizer, data.corpus, queries, pairs, batch_size=4)
+    got = score_pairs_dense(encoder, tokenizer, data.corpus, pairs, batch_size=4)
     expected = []
     for q, d in pairs:
         row = data.corpus.row(d)
-        qv = encode_texts(encoder, tokenizer, queries=[queries[q]])[0]
+        qv = encode_texts(encoder, tokenizer, queries=[q])[0]
         pv = encode_texts(
             encoder, tokenizer, titles=data.corpus.titles([row]), texts=data.corpus.texts([row])
         )[0]
         expected.append(float(qv @ pv))
     assert got.dtype == np.float32 and got.shape == (len(pairs),)
     assert got == pytest.approx(expected, abs=1e-5)
-    assert score_pairs_dense(encoder, tokenizer, data.corpus, queries, []).size == 0
+    assert score_pairs_dense(encoder, tokenizer, data.corpus, []).size == 0
 
 
 def _bm25_dev_run(small_beir):
@@ -358,9 +358,9 @@ def oracle_dense(small_beir):
             )
     calls = []
 
-    def load_and_score_dense(model_cfg, corpus, queries, pairs, runtime):
+    def load_and_score_dense(model_cfg, corpus, pairs, runtime):
         calls.append((model_cfg, len(pairs)))
-        return np.array([float(d in relevant.get(queries[q], ())) for q, d in pairs], dtype=np.float32)
+        return np.array([float(d in relevant.get(q, ())) for q, d in pairs], dtype=np.float32)
 
     return load_and_score_dense, calls
 
@@ -450,10 +450,9 @@ def test_a_fixed_fusion_weight_scores_with_the_real_bi_encoder(
     pairs = [(q, d) for q, ranking in run_in.items() for d, _ in ranking[:20]]
     encoder, tokenizer = load_encoder(model_cfg)
     queries = data.queries("test")
-    ce = scores_by_query(pairs, scorer(None, None, [(queries[q], d) for q, d in pairs], None)[0])
-    fusion = scores_by_query(
-        pairs, score_pairs_dense(encoder, tokenizer, data.corpus, queries, pairs).tolist()
-    )
+    text_pairs = [(queries[q], d) for q, d in pairs]
+    ce = scores_by_query(pairs, scorer(None, None, text_pairs, None)[0])
+    fusion = scores_by_query(pairs, score_pairs_dense(encoder, tokenizer, data.corpus, text_pairs).tolist())
     expected = interpolated_rerank(run_in, ce, 20, 0.5, fusion=fusion, fusion_weight=0.3)
     got = read_run(out / "test.trec")
     assert {q: [d for d, _ in r] for q, r in got.items()} == {

@@ -112,28 +112,25 @@ def score_pairs_dense(
     encoder: TextEncoder,
     tokenizer: Any,
     corpus: Corpus,
-    queries: dict[str, str],
     pairs: Sequence[tuple[str, str]],
     *,
     batch_size: int = 128,
     precision: str | None = None,
 ) -> np.ndarray:
-    """The bi-encoder's score (query vector . passage vector) of each `(query id, doc id)` pair, float32.
+    """The bi-encoder's score (query vector . passage vector) of each `(query text, doc id)` pair, float32.
 
     Each distinct query and passage is encoded once, so scoring a run's top candidates costs one
     encode of the passages they hold, not of the corpus.
     """
     if not pairs:
         return np.empty(0, dtype=np.float32)
-    qids = list(dict.fromkeys(q for q, _ in pairs))
+    texts = list(dict.fromkeys(q for q, _ in pairs))
     rows = sorted({corpus.row(d) for _, d in pairs})
-    q_emb = encode_texts(
-        encoder, tokenizer, queries=[queries[q] for q in qids], batch_size=batch_size, precision=precision
-    )
+    q_emb = encode_texts(encoder, tokenizer, queries=texts, batch_size=batch_size, precision=precision)
     ((_, p_emb),) = encode_passages(
         encoder, tokenizer, corpus, rows, batch_size=batch_size, precision=precision
     )
-    q_at = {q: i for i, q in enumerate(qids)}
+    q_at = {q: i for i, q in enumerate(texts)}
     p_at = {r: i for i, r in enumerate(rows)}
     q_idx = np.array([q_at[q] for q, _ in pairs])
     p_idx = np.array([p_at[corpus.row(d)] for _, d in pairs])
@@ -141,14 +138,11 @@ def score_pairs_dense(
 
 
 def load_and_score_dense(
-    model_cfg: dict[str, Any],
-    corpus: Corpus,
-    queries: dict[str, str],
-    pairs: Sequence[tuple[str, str]],
-    runtime: Runtime,
+    model_cfg: dict[str, Any], corpus: Corpus, pairs: Sequence[tuple[str, str]], runtime: Runtime
 ) -> np.ndarray:
     """Load the bi-encoder of `model_cfg` (a model config: `name_or_path` and optional retrieval settings,
-    as `load_encoder`) onto `runtime`'s device and score `pairs` (`score_pairs_dense`) under its precision."""
+    as `load_encoder`) onto `runtime`'s device and score the `(query text, doc id)` pairs
+    (`score_pairs_dense`) under its precision."""
     encoder, tokenizer = load_encoder(model_cfg)
     encoder = encoder.to(runtime.device)
-    return score_pairs_dense(encoder, tokenizer, corpus, queries, pairs, precision=runtime.precision)
+    return score_pairs_dense(encoder, tokenizer, corpus, pairs, precision=runtime.precision)

@@ -203,11 +203,8 @@ def _rerank(cfg: DictConfig, runtime: Runtime) -> Metrics:
     bm25 = BM25Retriever().index(data.corpus) if uses_bm25 else None
     lexical = scores_by_query(candidates, bm25.score_pairs(queries, candidates)) if bm25 else None
     fusion = val_fusion = None
-    if fusion_cfg is not None:  # one encode of the passages both splits' candidates hold
-        both = {**queries, **val_queries}
-        dense = load_and_score_dense(
-            fusion_cfg, data.corpus, both, candidates + val_candidates, runtime
-        ).tolist()
+    if fusion_cfg is not None:  # the cross-encoder's pairs: one encode of both splits' candidates
+        dense = load_and_score_dense(fusion_cfg, data.corpus, pairs, runtime).tolist()
         fusion = scores_by_query(candidates, dense[: len(candidates)])
         val_fusion = scores_by_query(val_candidates, dense[len(candidates) :])
     out_dir, tag = Path(cfg.paths.output_dir), str(stage.get("tag", "rerank"))
