@@ -458,3 +458,33 @@ def test_a_fixed_fusion_weight_scores_with_the_real_bi_encoder(
     assert {q: [d for d, _ in r] for q, r in got.items()} == {
         q: [d for d, _ in r] for q, r in expected.items()
     }
+
+
+def test_validating_on_the_head_alone_gives_the_whole_runs_values(small_beir, small_beir_bm25):
+    """`head_only`: a cut-off metric at k <= depth of the re-ranked head equals that of the whole merged
+    run (random scores at several weights); MAP and cut-offs beyond the depth get the whole run, where
+    the cut run would differ."""
+    from simlm.evaluation import evaluate
+    from simlm.retrieval.rerank import head_only
+
+    data = RetrievalData(small_beir, layout="beir")
+    run = read_run(small_beir_bm25 / "dev.trec")
+    depth = 50
+    rng = np.random.default_rng(0)
+    ce = {q: {d: float(rng.normal()) for d, _ in r[:depth]} for q, r in run.items()}
+    dense = {q: {d: float(rng.normal()) for d, _ in r[:depth]} for q, r in run.items()}
+    for metric in ("ndcg@10", "mrr@10", "recall@50"):
+        head = head_only(run, depth, metric)
+        assert all(len(r) <= depth for r in head.values()) and any(len(r) > depth for r in run.values())
+        for w, e in ((0.0, 0.0), (0.3, 0.2), (1.0, 0.0), (0.5, 0.5)):
+            whole = evaluate(
+                interpolated_rerank(run, ce, depth, w, fusion=dense, fusion_weight=e), data, "dev"
+            )
+            cut = evaluate(
+                interpolated_rerank(head, ce, depth, w, fusion=dense, fusion_weight=e), data, "dev"
+            )
+            assert cut[metric] == pytest.approx(whole[metric], abs=1e-12), (metric, w, e)
+    for metric in ("map", "recall@100", "ndcg"):
+        assert head_only(run, depth, metric) is run
+    cut = evaluate({q: r[:depth] for q, r in run.items()}, data, "dev")
+    assert cut["recall@100"] < evaluate(run, data, "dev")["recall@100"]  # why recall@100 keeps the tail

@@ -290,6 +290,20 @@ def interpolated_rerank(
     return merge_reranked(run, fused, depth)
 
 
+def head_only(run: Run, depth: int, metric: str) -> Run:
+    """`run` cut to each query's top `depth` when `metric` (`name@k`, k <= depth) sees nothing below it.
+
+    Re-ranking reorders only the top `depth` and keeps the rest below it in order, and a cut-off metric
+    (nDCG@k, MRR@k, recall@k, acc@k) depends on the top k alone: validating the weights on the cut run
+    gives the same values as on the whole one, without merging and scoring every query's tail at each
+    grid point. Other metrics (MAP, a cut-off beyond `depth`) get `run` itself.
+    """
+    name, _, cutoff = metric.rpartition("@")
+    if not (name and cutoff.isdigit() and int(cutoff) <= depth):
+        return run
+    return {qid: ranking[:depth] for qid, ranking in run.items()}
+
+
 def select_weight(
     score_of: Callable[[Any], float], weights: Sequence[Any] = WEIGHTS, tolerance: float = 1e-9
 ) -> tuple[Any, dict[Any, float]]:

@@ -38,6 +38,7 @@ from simlm.retrieval.rerank import (
     LEXICAL_WEIGHTS,
     NORMALIZATIONS,
     WEIGHTS,
+    head_only,
     interpolated_rerank,
     load_and_score,
     scores_by_query,
@@ -264,9 +265,11 @@ def _choose_weights(
     metric = str(stage.get("interpolation_metric", "ndcg@10"))
     depth, how = int(stage.depth), str(stage.get("normalize", "zscore"))
 
+    head = head_only(run_val, depth, metric)
+
     def score_of(weights: Weights) -> float:
         reranked = interpolated_rerank(
-            run_val, scores, depth, weights[0], how, lexical, weights[1], fusion, weights[2]
+            head, scores, depth, weights[0], how, lexical, weights[1], fusion, weights[2]
         )
         got = evaluate(reranked, data, split) or {}
         if metric not in got:
