@@ -254,13 +254,9 @@ def test_bm25_pair_scores_are_the_scores_search_gives(small_beir):
     assert bm25.score_pairs(queries, [(pairs[0][0], unmatched)]).tolist() == [0.0]  # no shared term
 
 
-def test_bm25_under_a_bad_re_ranker_repairs_a_bad_first_stage(
-    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
-):
-    """First stage: BM25's top 20 in reverse order. The re-ranker is adversarial (w = 0 on validation);
-    BM25 as the third score gets a weight and lifts both splits; without it nothing changes."""
-    scorer, _ = fake_scorer(small_beir, sign=-1.0)
-    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+def reversed_first_stage(tmp_path, small_beir, small_beir_bm25, tiny_bert) -> tuple[dict, tuple[str, ...]]:
+    """A bad first stage, BM25's top 20 of each split in reverse order (`{split: run file}`), and the
+    rerank overrides that re-rank it (depth 20, validated on dev)."""
     from simlm.data.formats import write_run
 
     runs = {}
@@ -277,6 +273,17 @@ def test_bm25_under_a_bad_re_ranker_repairs_a_bad_first_stage(
         f"stage.val_run_file={runs['dev']}",
         "stage.depth=20",
     )
+    return runs, base
+
+
+def test_bm25_under_a_bad_re_ranker_repairs_a_bad_first_stage(
+    compose, tmp_path, monkeypatch, small_beir, small_beir_bm25, tiny_bert
+):
+    """First stage: BM25's top 20 in reverse order. The re-ranker is adversarial (w = 0 on validation);
+    BM25 as the third score gets a weight and lifts both splits; without it nothing changes."""
+    scorer, _ = fake_scorer(small_beir, sign=-1.0)
+    monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
+    runs, base = reversed_first_stage(tmp_path, small_beir, small_beir_bm25, tiny_bert)
     out = tmp_path / "hybrid"
     run_stage(compose(*base, "stage.bm25_weight=validate", output_dir=out))
     metrics = json.loads((out / "metrics.json").read_text())
@@ -375,22 +382,7 @@ def test_a_second_bi_encoder_gets_a_validated_weight_and_is_recorded(
     monkeypatch.setattr("simlm.stages.rerank.load_and_score", scorer)
     dense, calls = oracle_dense(small_beir)
     monkeypatch.setattr("simlm.stages.rerank.load_and_score_dense", dense)
-    from simlm.data.formats import write_run
-
-    runs = {}
-    for split in ("dev", "test"):
-        reversed_run = {
-            q: [(d, float(20 - i)) for i, (d, _) in enumerate(ranking[:20][::-1])]
-            for q, ranking in read_run(small_beir_bm25 / f"{split}.trec").items()
-        }
-        runs[split] = tmp_path / f"{split}.trec"
-        write_run(runs[split], reversed_run)
-    base = (
-        *rerank_overrides(small_beir, small_beir_bm25, tiny_bert)[:-3],
-        f"stage.run_file={runs['test']}",
-        f"stage.val_run_file={runs['dev']}",
-        "stage.depth=20",
-    )
+    runs, base = reversed_first_stage(tmp_path, small_beir, small_beir_bm25, tiny_bert)
     model = f"stage.fusion_model={{name_or_path: '{tiny_bert}', pooling: mean, p_max_len: 32}}"
     out = tmp_path / "fused"
     run_stage(compose(*base, model, "stage.fusion_weight=validate", output_dir=out))
