@@ -275,10 +275,7 @@ def _score(cfg: DictConfig, runtime: Runtime) -> Metrics:
             for d in [*ex.positives.doc_ids, *ex.negatives.doc_ids[:n_neg]]
         ]
         bm25 = BM25Retriever().index(corpus).score_pairs(queries, id_pairs) if bm25_weight else None
-        fusion = None
-        if fusion_cfg is not None:
-            text_pairs = [(queries[q], d) for q, d in id_pairs]
-            fusion = load_and_score_dense(fusion_cfg, corpus, text_pairs, runtime)
+        fusion = load_and_score_dense(fusion_cfg, corpus, pairs, runtime) if fusion_cfg else None
         scores = blend_teacher(
             scores if models else None, first, bm25, weight, bm25_weight, scale, fusion, fusion_weight
         )
