@@ -437,7 +437,8 @@ def test_the_beir_recipe_sizes_its_budgets_and_cross_fits_its_teachers(
     scored = read_examples(work / "teacher_scores" / "kd_train.jsonl")
     assert scored and all(ex.query_id not in records[fold_of(ex.query_id, 2)]["query_ids"] for ex in scored)
     kd = OmegaConf.load(work / "kd_biencoder" / "config.yaml").stage
-    assert kd.module.grad_cache == {"query_chunk": 32, "passage_chunk": 64}  # 2 chunks of its 128
+    assert kd.module.grad_cache == {"query_chunk": 32, "passage_chunk": 64}  # 4 chunks of its 256
+    assert kd.train_n_passages == 8 and teacher.num_negatives == 7  # every passage of a group scored
     rerank = OmegaConf.load(work / "rerank" / "config.yaml")
     assert rerank.model.name_or_path == str(work / "reranker" / "model")  # trained on every query
     # BM25 a validated third score; the cross-fitted teachers' logits blended with the weights chosen there
