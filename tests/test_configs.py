@@ -129,6 +129,13 @@ def test_pipeline_steps_share_one_block(compose):
         assert steps.kd_biencoder.stage.train_n_passages != steps.retriever1.stage.train_n_passages
 
 
+def test_the_teacher_scores_every_passage_of_a_kd_group(compose):
+    # a group passage without a teacher score would be filled in unscored; each recipe sizes both together
+    for cfg in (compose(), compose("+experiment=beir_pipeline", "data.root=x")):
+        steps = cfg.stage.step_overrides
+        assert steps.teacher_scores.stage.num_negatives + 1 == steps.kd_biencoder.stage.train_n_passages
+
+
 # ------------------------------------------------------------------ documented overrides
 def test_documented_overrides_work_without_plus(compose):
     cfg = compose(
