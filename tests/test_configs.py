@@ -134,6 +134,9 @@ def test_the_teacher_scores_every_passage_of_a_kd_group(compose):
     for cfg in (compose(), compose("+experiment=beir_pipeline", "data.root=x")):
         steps = cfg.stage.step_overrides
         assert steps.teacher_scores.stage.num_negatives + 1 == steps.kd_biencoder.stage.train_n_passages
+        # and the queries it trains on: both take the first N of the same file
+        scored = steps.teacher_scores.stage.get("max_examples")
+        assert scored == steps.kd_biencoder.stage.datamodule.get("max_train_examples")
 
 
 # ------------------------------------------------------------------ documented overrides
