@@ -38,6 +38,38 @@ def test_the_cheap_commands_cover_help_bm25_evaluate_and_export():
     assert not re.search(r"(?<![/\w])python run\.py", readme.replace("`python run.py ...` is the same", ""))
 
 
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings outside code blocks: lower case, punctuation dropped,
+    spaces as hyphens, a repeat suffixed -1, -2, ..."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"#{1,6} (.+)", line)
+        if heading and not in_code:
+            base = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchor, n = base, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{base}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_heading_anchors_follow_githubs_rule():
+    text = "# A (`b.c`)\n```\n# not a heading\n```\n## At a glance: x / y\n## Tests\n## Tests\n"
+    assert heading_anchors(text) == {"a-bc", "at-a-glance-x--y", "tests", "tests-1"}
+
+
+def test_every_link_within_the_readme_leads_to_a_heading():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(#([^)]+)\)", readme)
+    assert links, "the README's contents line links its sections"
+    missing = sorted(set(links) - heading_anchors(readme))
+    assert not missing, missing
+
+
 @pytest.fixture
 def fresh_layout(tmp_path) -> Path:
     """An empty folder with the project's entry points linked in, as on a fresh clone after `make install`."""
