@@ -22,7 +22,7 @@ from benchmarks.cpu import (
     peak_from_flags,
 )
 
-NEW = ["st_train", "grad_cache", "st_encode"]
+NEW = ["st_train", "grad_cache", "st_encode", "pipeline"]
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -166,3 +166,45 @@ def test_st_train_row_lists_default_to_all_and_refuse_unknown_rows(monkeypatch):
     monkeypatch.setenv("SIMLM_BENCH_QUALITY_ROWS", "simlm,st_mnrl")
     with pytest.raises(ValueError, match=r"SIMLM_BENCH_QUALITY_ROWS: unknown rows \['st_mnrl'\]"):
         row_keys("SIMLM_BENCH_QUALITY_ROWS", ["simlm"])
+
+
+def test_pipeline_probe_texts_are_seeded_title_text_passages(tmp_path):
+    from benchmarks.bench_pipeline import probe_texts
+
+    root = _beir(tmp_path)
+    texts = probe_texts(root, n=20)
+    assert len(texts) == 20 and texts == probe_texts(root, n=20)
+    assert set(texts) <= {
+        "text 0",
+        "t1 text 1",
+        "text 2",
+        "t3 text 3",
+        "text 4",
+        "t5 text 5",
+        "text 6",
+        "t7 text 7",
+    }
+    assert len(set(texts)) > 1 and probe_texts(root, n=20, seed=1) != texts
+
+
+def test_pipeline_rows_count_the_job_in_median_reference_steps():
+    from benchmarks.bench_pipeline import pipeline_rows
+
+    job = {"seconds": 120.0, "peak_rss_mb": 2048.0, "steps": {"bm25": 3.0, "retriever1": 60.0, "rlm": None}}
+    rows = pipeline_rows(job, before=[2.0, 4.0, 9.0], after=[3.0, 3.0, 2.0])  # median 3.0
+    assert [r["what"] for r in rows] == ["step bm25", "step retriever1", "step rlm", "whole job"]
+    assert rows[0]["reference_steps"] == pytest.approx(1.0)
+    assert rows[1]["reference_steps"] == pytest.approx(20.0)
+    assert rows[2]["reference_steps"] is None
+    assert rows[3]["reference_steps"] == pytest.approx(40.0) and rows[3]["peak_rss_gb"] == pytest.approx(2.0)
+
+
+def test_pipeline_benchmark_keeps_only_an_empty_work_dir(tmp_path):
+    from benchmarks.bench_pipeline import split_work_dir
+
+    assert split_work_dir(["+experiment=x", "a=1"]) == (["+experiment=x", "a=1"], None)
+    fresh = tmp_path / "fresh"
+    assert split_work_dir(["+experiment=x", f"stage.work_dir={fresh}"]) == (["+experiment=x"], fresh)
+    (fresh / "bm25").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="is not empty"):
+        split_work_dir([f"stage.work_dir={fresh}"])
