@@ -103,7 +103,7 @@ def pipeline_rows(job: dict[str, Any], before: list[float], after: list[float]) 
     """The table: one row per pipeline step and the whole job, each in seconds and reference steps."""
     reference = statistics.median(before + after)
     rows = [
-        {"what": f"step {step}", "seconds": s, "reference_steps": s / reference if s else None}
+        {"what": f"step {step}", "seconds": s, "reference_steps": None if s is None else s / reference}
         for step, s in job["steps"].items()
     ]
     rows.append(
